@@ -1,0 +1,396 @@
+//! The `pipelines/<dataset>.yaml` schema, its defaults, and `--set` overrides.
+//!
+//! Every key has a default, so a minimal file names only paths. Unknown keys and wrong types are
+//! refused before any work starts, with the key's full path in the message. The reference for
+//! every key is `docs/CONFIG.md`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+
+use crate::survival::RiskSplitRule;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{origin}: key `{key}`: {message}")]
+    Key {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("--set {raw:?}: {message}")]
+    Override { raw: String, message: String },
+}
+
+/// The whole configuration of one dataset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub dataset: DatasetConfig,
+    pub paths: PathsConfig,
+    pub train: TrainConfig,
+    pub report: ReportConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Modality {
+    Wsi,
+    Genomics,
+    Mri,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetConfig {
+    /// Names the cache and run folders; defaults to the config file's name without `.yaml`.
+    pub name: String,
+    /// One modality (a unimodal baseline) or two (WSI with genomics or MRI).
+    pub modalities: Vec<Modality>,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            modalities: vec![Modality::Wsi, Modality::Genomics],
+        }
+    }
+}
+
+/// Relative paths are taken from the directory the command runs in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub slides: Option<PathBuf>,
+    /// MCAT-style cohort CSV: one row per slide with `case_id`, `slide_id`, `survival_months`,
+    /// `censorship` (1 = censored).
+    pub cohort: Option<PathBuf>,
+    pub signatures: Option<PathBuf>,
+    /// Directory holding `splits_0.csv` … `splits_4.csv`.
+    pub splits: Option<PathBuf>,
+    pub mri: Option<PathBuf>,
+    /// Default `cache/<dataset.name>`.
+    pub cache: Option<PathBuf>,
+    /// Default `runs/<dataset.name>`.
+    pub runs: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seeds every random choice of every stage.
+    pub seed: u64,
+    /// Which folds (split files) to use.
+    pub folds: Vec<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            folds: vec![0, 1, 2, 3, 4],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TTestKind {
+    Both,
+    Student,
+    Welch,
+}
+
+impl TTestKind {
+    pub fn includes_student(self) -> bool {
+        matches!(self, Self::Both | Self::Student)
+    }
+
+    pub fn includes_welch(self) -> bool {
+        matches!(self, Self::Both | Self::Welch)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Threshold between the high- and low-risk groups (high iff risk ≥ threshold).
+    pub risk_split: RiskSplitRule,
+    /// Which two-sample t-tests compare risk between short and long survivors.
+    pub ttest: TTestKind,
+    /// Level of the Kaplan–Meier confidence bands.
+    pub ci_level: f64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self {
+            risk_split: RiskSplitRule::Median,
+            ttest: TTestKind::Both,
+            ci_level: 0.95,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or starts from the defaults when `None`), applies `--set` overrides,
+    /// fills derived defaults and validates.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let (mut tree, origin) = match path {
+            Some(path) => (read_tree(path)?, path.display().to_string()),
+            None => (Value::Mapping(Mapping::new()), "defaults".to_owned()),
+        };
+        for raw in overrides {
+            apply_override(&mut tree, raw)?;
+        }
+        let origin = if overrides.is_empty() {
+            origin
+        } else {
+            format!("{origin} with --set")
+        };
+        let mut config: Config =
+            serde_path_to_error::deserialize(tree).map_err(|e| key_error(&origin, e))?;
+        config.fill_defaults(path);
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    fn fill_defaults(&mut self, path: Option<&Path>) {
+        if self.dataset.name.is_empty() {
+            self.dataset.name = path.and_then(|p| p.file_stem()).map_or_else(
+                || "default".to_owned(),
+                |s| s.to_string_lossy().into_owned(),
+            );
+        }
+        let name = self.dataset.name.clone();
+        self.paths
+            .cache
+            .get_or_insert_with(|| Path::new("cache").join(&name));
+        self.paths
+            .runs
+            .get_or_insert_with(|| Path::new("runs").join(&name));
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Key {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let modalities = &self.dataset.modalities;
+        let distinct: BTreeSet<_> = modalities.iter().collect();
+        if modalities.is_empty() || modalities.len() > 2 || distinct.len() != modalities.len() {
+            return Err(invalid(
+                "dataset.modalities",
+                format!("must name one or two different modalities, got {modalities:?}"),
+            ));
+        }
+        if modalities.len() == 2 && !modalities.contains(&Modality::Wsi) {
+            return Err(invalid(
+                "dataset.modalities",
+                "a pair must include wsi (wsi + genomics or wsi + mri)".into(),
+            ));
+        }
+        let folds: BTreeSet<_> = self.train.folds.iter().collect();
+        if folds.is_empty() || folds.len() != self.train.folds.len() {
+            return Err(invalid(
+                "train.folds",
+                format!("must list distinct folds, got {:?}", self.train.folds),
+            ));
+        }
+        let level = self.report.ci_level;
+        if !(level > 0.0 && level < 1.0) {
+            return Err(invalid(
+                "report.ci_level",
+                format!("must lie strictly between 0 and 1, got {level}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The resolved configuration as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot serialise: {e}\n"))
+    }
+}
+
+fn read_tree(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let tree: Value = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+        path: path.to_owned(),
+        source,
+    })?;
+    match tree {
+        Value::Null => Ok(Value::Mapping(Mapping::new())),
+        Value::Mapping(_) => Ok(tree),
+        _ => Err(ConfigError::Key {
+            origin: path.display().to_string(),
+            key: "(top level)".into(),
+            message: "must be a mapping of sections (dataset, paths, …)".into(),
+        }),
+    }
+}
+
+/// Turns serde's error into one naming the full key, e.g. `train.seed` or `report.typo`.
+fn key_error(origin: &str, error: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let key = error.path().to_string();
+    let message = error.inner().to_string();
+    let message = match message.strip_prefix("unknown field `") {
+        // serde's "unknown field `x`, expected one of …": the path already names `x`.
+        Some(rest) => match rest.split_once("`, ") {
+            Some((_, expected)) => format!("unknown key ({expected})"),
+            None => "unknown key".to_owned(),
+        },
+        None => message,
+    };
+    ConfigError::Key {
+        origin: origin.to_owned(),
+        key,
+        message,
+    }
+}
+
+/// Applies `section.key=value`; the value is parsed as YAML (so `5`, `true`, `[0, 1]` and
+/// `null` have their YAML types) and type-checked with the rest of the file.
+fn apply_override(tree: &mut Value, raw: &str) -> Result<(), ConfigError> {
+    let fail = |message: &str| ConfigError::Override {
+        raw: raw.to_owned(),
+        message: message.to_owned(),
+    };
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| fail("expected section.key=value"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(fail("expected section.key=value"));
+    }
+    let value: Value =
+        serde_yaml::from_str(value).map_err(|e| fail(&format!("value is not valid YAML: {e}")))?;
+    let (last, sections) = parts.split_last().ok_or_else(|| fail("empty key"))?;
+    let mut node = tree;
+    for (depth, part) in sections.iter().enumerate() {
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| fail(&format!("`{}` is not a section", parts[..depth].join("."))))?;
+        node = map
+            .entry(Value::String((*part).to_owned()))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+    let map = node
+        .as_mapping_mut()
+        .ok_or_else(|| fail(&format!("`{}` is not a section", sections.join("."))))?;
+    map.insert(Value::String((*last).to_owned()), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(yaml: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blca.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::load(Some(&path), &overrides)
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = load_str("paths: { cohort: x.csv }\n", &[]).unwrap();
+        assert_eq!(c.dataset.name, "blca");
+        assert_eq!(
+            c.dataset.modalities,
+            vec![Modality::Wsi, Modality::Genomics]
+        );
+        assert_eq!(c.paths.cache, Some(PathBuf::from("cache/blca")));
+        assert_eq!(c.paths.runs, Some(PathBuf::from("runs/blca")));
+        assert_eq!(c.train.seed, 1);
+        assert_eq!(c.train.folds, vec![0, 1, 2, 3, 4]);
+        assert_eq!(c.report.risk_split, RiskSplitRule::Median);
+        assert_eq!(c.report.ttest, TTestKind::Both);
+        assert_eq!(c.report.ci_level, 0.95);
+        // An empty file is all defaults too.
+        assert_eq!(load_str("", &[]).unwrap().train.seed, 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let e = load_str("train: { epochz: 3 }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `train.epochz`: unknown key"), "{e}");
+        let e = load_str("trian: {}\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("key `trian`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named_with_their_path() {
+        let e = load_str("train: { seed: abc }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `train.seed`") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = load_str("report: { risk_split: tertile }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `report.risk_split`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_are_typed_and_checked() {
+        let c = load_str(
+            "",
+            &["train.seed=7", "train.folds=[0, 2]", "report.ttest=welch"],
+        )
+        .unwrap();
+        assert_eq!(c.train.seed, 7);
+        assert_eq!(c.train.folds, vec![0, 2]);
+        assert_eq!(c.report.ttest, TTestKind::Welch);
+        let e = load_str("", &["train.seed=x"]).unwrap_err().to_string();
+        assert!(
+            e.contains("with --set") && e.contains("`train.seed`"),
+            "{e}"
+        );
+        let e = load_str("", &["train.sed=3"]).unwrap_err().to_string();
+        assert!(e.contains("`train.sed`"), "{e}");
+        let e = load_str("", &["seed"]).unwrap_err().to_string();
+        assert!(e.contains("section.key=value"), "{e}");
+        let e = load_str("", &["train.seed=1", "train.seed.deep=1"]).unwrap_err();
+        assert!(e.to_string().contains("train.seed"), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        let e = load_str("report: { ci_level: 1.5 }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`report.ci_level`"), "{e}");
+        let e = load_str("dataset: { modalities: [genomics, mri] }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dataset.modalities`"), "{e}");
+        let e = load_str("train: { folds: [1, 1] }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`train.folds`"), "{e}");
+    }
+}

@@ -1,0 +1,14 @@
+//! hdmoe-pipe: from a cancer cohort's raw data to a trained HDMoE survival model and its
+//! clinical tables. Each stage is a module with a `run` function; the binary only parses
+//! arguments and dispatches.
+
+pub mod atomic;
+pub mod cohort;
+pub mod config;
+pub mod doctor;
+pub mod labels;
+pub mod report;
+pub mod survival;
+
+/// Version stamped into every output so readers can refuse mismatched caches.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

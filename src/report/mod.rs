@@ -1,0 +1,227 @@
+//! `hdmoe-pipe report`: C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from
+//! an out-of-fold predictions table, as CSV, Markdown and a PNG.
+
+pub mod markdown;
+pub mod plot;
+pub mod predictions;
+pub mod tables;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::atomic;
+use crate::config::ReportConfig;
+pub use predictions::Predictions;
+use tables::Analysis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error("{path}: cannot write: {message}")]
+    Output { path: PathBuf, message: String },
+    #[error("computing the report tables: {0}")]
+    Table(#[from] PolarsError),
+}
+
+/// What to read and where to write.
+#[derive(Debug, Clone)]
+pub struct ReportArgs {
+    pub predictions: PathBuf,
+    pub out: PathBuf,
+    /// Per-fold `c_index_best` (the paper's best-epoch protocol) from `fit`'s `summary.csv`.
+    /// When `None`, a `summary.csv` beside the predictions is used if it has that column.
+    pub summary: Option<PathBuf>,
+}
+
+/// The files written, in the order they were written.
+#[derive(Debug, Clone)]
+pub struct ReportOutputs {
+    pub files: Vec<PathBuf>,
+    /// Mean and population std of the per-fold C-index, and the number of folds behind them.
+    pub cindex_mean: Option<(f64, f64, usize)>,
+    pub notes: Vec<String>,
+}
+
+pub const CINDEX_CSV: &str = "cindex.csv";
+pub const KM_CSV: &str = "km.csv";
+pub const LOGRANK_CSV: &str = "logrank.csv";
+pub const TTEST_CSV: &str = "ttest.csv";
+pub const REPORT_MD: &str = "report.md";
+pub const KM_PNG: &str = "km.png";
+
+pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, ReportError> {
+    let predictions = Predictions::read(&args.predictions)?;
+    let best = read_best_by_fold(args)?;
+    let mut analysis = tables::analyse(&predictions, config, best.as_ref())?;
+
+    std::fs::create_dir_all(&args.out).map_err(|e| ReportError::Output {
+        path: args.out.clone(),
+        message: e.to_string(),
+    })?;
+    let mut files = Vec::new();
+    for (name, df) in [
+        (CINDEX_CSV, &mut analysis.cindex),
+        (KM_CSV, &mut analysis.km),
+        (LOGRANK_CSV, &mut analysis.logrank),
+        (TTEST_CSV, &mut analysis.ttest),
+    ] {
+        let path = args.out.join(name);
+        write_csv(&path, df)?;
+        files.push(path);
+    }
+    let png = args.out.join(KM_PNG);
+    let png_written = if analysis.curves.is_empty() {
+        false
+    } else {
+        atomic::write_with(&png, |temp| {
+            plot::draw(
+                temp,
+                &analysis.curves,
+                analysis.logrank_p,
+                "Time (survival_months)",
+            )
+            .map_err(std::io::Error::other)
+        })
+        .map_err(|e| ReportError::Output {
+            path: png.clone(),
+            message: e.to_string(),
+        })?;
+        files.push(png.clone());
+        true
+    };
+    let md = args.out.join(REPORT_MD);
+    let text = render_markdown(&predictions, config, &analysis, png_written);
+    atomic::write_bytes(&md, text.as_bytes()).map_err(|e| ReportError::Output {
+        path: md.clone(),
+        message: e.to_string(),
+    })?;
+    files.push(md);
+    Ok(ReportOutputs {
+        files,
+        cindex_mean: analysis.cindex_mean,
+        notes: analysis.notes,
+    })
+}
+
+fn write_csv(path: &Path, df: &mut DataFrame) -> Result<(), ReportError> {
+    atomic::write_with(path, |temp| {
+        let mut file = std::fs::File::create(temp)?;
+        CsvWriter::new(&mut file)
+            .include_header(true)
+            .finish(df)
+            .map_err(std::io::Error::other)?;
+        file.sync_all()
+    })
+    .map_err(|e| ReportError::Output {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Per-fold best-epoch C-index from an explicit `--summary`, or from a `summary.csv` beside the
+/// predictions when that file has `fold` and `c_index_best` columns.
+fn read_best_by_fold(args: &ReportArgs) -> Result<Option<BTreeMap<i64, f64>>, ReportError> {
+    let (path, explicit) = match &args.summary {
+        Some(path) => (path.clone(), true),
+        None => match args.predictions.parent() {
+            Some(dir) if dir.join("summary.csv").is_file() => (dir.join("summary.csv"), false),
+            _ => return Ok(None),
+        },
+    };
+    let df = predictions::read_csv(&path)?;
+    let has = |name: &str| df.get_column_names().iter().any(|n| n.as_str() == name);
+    if !(has("fold") && has("c_index_best")) {
+        if explicit {
+            return Err(predictions::invalid(
+                &path,
+                "needs columns `fold` and `c_index_best`".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    // fit's summary.csv also has mean/std rows; keep the rows whose fold is a number.
+    let folds = predictions::strings(&path, &df, "fold")?;
+    let best = predictions::strings(&path, &df, "c_index_best")?;
+    let mut by_fold = BTreeMap::new();
+    for (fold, value) in folds.iter().zip(&best) {
+        if let (Ok(fold), Ok(value)) = (fold.trim().parse::<i64>(), value.trim().parse::<f64>()) {
+            by_fold.insert(fold, value);
+        }
+    }
+    Ok(Some(by_fold))
+}
+
+fn render_markdown(
+    p: &Predictions,
+    config: &ReportConfig,
+    a: &Analysis,
+    png_written: bool,
+) -> String {
+    let events = p.event.iter().filter(|&&e| e).count();
+    let mut md = String::from("# Survival report\n\n");
+    md.push_str(&format!(
+        "Predictions: `{}` ({} patients, {} events, {} folds).\n\n",
+        p.path.display(),
+        p.len(),
+        events,
+        p.by_fold().len()
+    ));
+    md.push_str("## C-index per fold\n\n");
+    md.push_str(
+        "Harrell's C on each held-out fold (scikit-survival `concordance_index_censored` \
+         conventions, risk ties within 1e-8 count one half); mean and population std over folds.\n\n",
+    );
+    if let Some((mean, std, folds)) = a.cindex_mean {
+        md.push_str(&format!(
+            "**C-index {} ± {}** over {folds} folds, from the predictions as given \
+             (for `fit` runs: the last epoch, never selected on the reported fold).",
+            markdown::format_number(mean),
+            markdown::format_number(std)
+        ));
+        if let Some((best_mean, best_std)) = a.cindex_best_mean {
+            md.push_str(&format!(
+                " Best epoch on the reported fold (the paper's protocol, optimistic): {} ± {}.",
+                markdown::format_number(best_mean),
+                markdown::format_number(best_std)
+            ));
+        }
+        md.push_str("\n\n");
+    }
+    md.push_str(&markdown::table(&a.cindex));
+    md.push_str(&format!(
+        "\n## Risk groups\n\nHigh risk iff risk ≥ {} (the {} of all out-of-fold risks): \
+         {} high, {} low.\n\n",
+        markdown::format_number(a.split.threshold),
+        format!("{:?}", config.risk_split).to_lowercase(),
+        a.split.n_high(),
+        a.split.n_low()
+    ));
+    if png_written {
+        md.push_str(&format!(
+            "![Kaplan–Meier curves by risk group]({KM_PNG})\n\n"
+        ));
+    }
+    md.push_str("### Log-rank test\n\n");
+    md.push_str(&markdown::table(&a.logrank));
+    md.push_str(
+        "\n### t-test of predicted risk, short vs long survivors\n\n\
+         Patients split at the median observed survival time (events and censorings alike).\n\n",
+    );
+    md.push_str(&markdown::table(&a.ttest));
+    if !a.notes.is_empty() {
+        md.push_str("\n## Not computable\n\n");
+        for note in &a.notes {
+            md.push_str(&format!("- {note}\n"));
+        }
+    }
+    md.push_str(&format!(
+        "\n## Kaplan–Meier table\n\nlifelines conventions: at-risk counts include those censored \
+         at the time; {:.0} % confidence interval by exponential Greenwood.\n\n",
+        config.ci_level * 100.0
+    ));
+    md.push_str(&markdown::table(&a.km));
+    md
+}

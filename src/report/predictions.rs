@@ -1,0 +1,226 @@
+//! Reading the out-of-fold predictions table that `fit` writes (and users may bring).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use super::ReportError;
+
+/// Columns the report needs; any others are ignored.
+pub const REQUIRED_COLUMNS: [&str; 5] = ["case_id", "fold", "risk", "survival_months", "event"];
+
+/// One row per patient, predicted on the fold where it was held out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    pub path: PathBuf,
+    pub case_id: Vec<String>,
+    pub fold: Vec<i64>,
+    pub risk: Vec<f64>,
+    pub time: Vec<f64>,
+    pub event: Vec<bool>,
+}
+
+impl Predictions {
+    pub fn len(&self) -> usize {
+        self.case_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.case_id.is_empty()
+    }
+
+    /// Row positions per fold, folds in increasing order.
+    pub fn by_fold(&self) -> BTreeMap<i64, Vec<usize>> {
+        let mut folds: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, &k) in self.fold.iter().enumerate() {
+            folds.entry(k).or_default().push(i);
+        }
+        folds
+    }
+
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
+        let df = read_csv(path)?;
+        if df.height() == 0 {
+            return Err(invalid(path, "has a header but no prediction rows".into()));
+        }
+        let names: Vec<String> = df
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for column in REQUIRED_COLUMNS {
+            if !names.iter().any(|n| n == column) {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "required column `{column}` is missing (columns found: {}; needed: {})",
+                        names.join(", "),
+                        REQUIRED_COLUMNS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let case_id = strings(path, &df, "case_id")?;
+        let fold = integers(path, &df, "fold")?;
+        let risk = floats(path, &df, "risk")?;
+        let time = floats(path, &df, "survival_months")?;
+        let event = integers(path, &df, "event")?;
+
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (row, id) in case_id.iter().enumerate() {
+            if id.trim().is_empty() {
+                return Err(at_row(path, row, "case_id", "blank case id"));
+            }
+            if let Some(first) = seen.insert(id, row) {
+                return Err(at_row(
+                    path,
+                    row,
+                    "case_id",
+                    &format!("case {id} already predicted on line {}", first + 2),
+                ));
+            }
+        }
+        for (row, &t) in time.iter().enumerate() {
+            if t < 0.0 {
+                return Err(at_row(
+                    path,
+                    row,
+                    "survival_months",
+                    "negative survival time",
+                ));
+            }
+        }
+        let event = event
+            .iter()
+            .enumerate()
+            .map(|(row, &e)| match e {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(at_row(
+                    path,
+                    row,
+                    "event",
+                    "event must be 0 (censored) or 1 (event)",
+                )),
+            })
+            .collect::<Result<Vec<bool>, _>>()?;
+        Ok(Self {
+            path: path.to_owned(),
+            case_id,
+            fold,
+            risk,
+            time,
+            event,
+        })
+    }
+}
+
+pub(crate) fn invalid(path: &Path, message: String) -> ReportError {
+    ReportError::Input {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// Error for data row `row` (0-based); line numbers count the header as line 1.
+fn at_row(path: &Path, row: usize, column: &str, reason: &str) -> ReportError {
+    invalid(
+        path,
+        format!("line {}, column `{column}`: {reason}", row + 2),
+    )
+}
+
+pub(crate) fn read_csv(path: &Path) -> Result<DataFrame, ReportError> {
+    let empty = std::fs::metadata(path)
+        .map_err(|e| invalid(path, format!("cannot read: {e}")))?
+        .len()
+        == 0;
+    if empty {
+        return Err(invalid(path, "is empty (no header, no rows)".into()));
+    }
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(None)
+        .try_into_reader_with_file_path(Some(path.to_owned()))
+        .and_then(|reader| reader.finish())
+        .map_err(|e| invalid(path, format!("not a readable CSV table: {e}")))
+}
+
+fn column<'a>(path: &Path, df: &'a DataFrame, name: &str) -> Result<&'a Column, ReportError> {
+    df.column(name)
+        .map_err(|_| invalid(path, format!("required column `{name}` is missing")))
+}
+
+/// The raw text of a cell, for error messages.
+fn raw(column: &Column, row: usize) -> String {
+    column
+        .get(row)
+        .map_or_else(|_| "?".to_owned(), |v| v.to_string())
+}
+
+pub(crate) fn strings(path: &Path, df: &DataFrame, name: &str) -> Result<Vec<String>, ReportError> {
+    let col = column(path, df, name)?;
+    let cast = col
+        .cast(&DataType::String)
+        .map_err(|e| invalid(path, format!("column `{name}`: {e}")))?;
+    let values = cast
+        .str()
+        .map_err(|e| invalid(path, format!("column `{name}`: {e}")))?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(row, v)| {
+            v.map(str::to_owned)
+                .ok_or_else(|| at_row(path, row, name, "blank value"))
+        })
+        .collect()
+}
+
+pub(crate) fn floats(path: &Path, df: &DataFrame, name: &str) -> Result<Vec<f64>, ReportError> {
+    let col = column(path, df, name)?;
+    let cast = col
+        .cast(&DataType::Float64)
+        .map_err(|e| invalid(path, format!("column `{name}`: {e}")))?;
+    let values = cast
+        .f64()
+        .map_err(|e| invalid(path, format!("column `{name}`: {e}")))?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(row, v)| match v {
+            Some(x) if x.is_finite() => Ok(x),
+            Some(x) => Err(at_row(
+                path,
+                row,
+                name,
+                &format!("{x} is not a finite number"),
+            )),
+            None => Err(at_row(
+                path,
+                row,
+                name,
+                &format!("{} is not a number", raw(col, row)),
+            )),
+        })
+        .collect()
+}
+
+pub(crate) fn integers(path: &Path, df: &DataFrame, name: &str) -> Result<Vec<i64>, ReportError> {
+    floats(path, df, name)?
+        .into_iter()
+        .enumerate()
+        .map(|(row, x)| {
+            if x.fract() == 0.0 && x.abs() < 9.0e15 {
+                Ok(x as i64)
+            } else {
+                Err(at_row(
+                    path,
+                    row,
+                    name,
+                    &format!("{x} is not a whole number"),
+                ))
+            }
+        })
+        .collect()
+}
