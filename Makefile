@@ -37,7 +37,7 @@ all: build
 	@echo "outputs: $(RUN_DIR)/"
 
 test: setup
-	$(CARGO) test --all-targets
+	$(CARGO) test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 

@@ -29,28 +29,39 @@ fn report_on(dir: &Path, text: &str) -> Output {
 }
 
 fn assert_fails_with(out: &Output, needles: &[&str]) {
-    assert!(!out.status.success(), "expected failure, got {:?}", out.status);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}",
+        out.status
+    );
     let err = stderr(out);
     for needle in needles {
         assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
     }
 }
 
-const GOOD: &str = "case_id,fold,risk,survival_months,event\na,0,0.9,1,1\nb,0,0.5,2,1\nc,0,0.1,3,0\n";
+const GOOD: &str =
+    "case_id,fold,risk,survival_months,event\na,0,0.9,1,1\nb,0,0.5,2,1\nc,0,0.1,3,0\n";
 
 #[test]
 fn report_refuses_bad_predictions_with_file_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[&str]); 7] = [
         ("", &["predictions.csv", "is empty"]),
-        ("case_id,fold,risk,survival_months,event\n", &["no prediction rows"]),
+        (
+            "case_id,fold,risk,survival_months,event\n",
+            &["no prediction rows"],
+        ),
         (
             "case_id,fold,survival_months,event\na,0,1,1\n",
             &["predictions.csv", "required column `risk` is missing"],
         ),
         (
             "case_id,folds,risk,survival_months,event\na,0,0.5,1,1\n",
-            &["required column `fold` is missing", "columns found: case_id, folds"],
+            &[
+                "required column `fold` is missing",
+                "columns found: case_id, folds",
+            ],
         ),
         (
             "case_id,fold,risk,survival_months,event\na,0,0.5,1,1\nb,0,NaN,2,1\n",
@@ -68,7 +79,10 @@ fn report_refuses_bad_predictions_with_file_and_reason() {
     for (text, needles) in cases {
         let out = report_on(dir.path(), text);
         assert_fails_with(&out, needles);
-        assert!(!dir.path().join("out").join("cindex.csv").exists(), "nothing written for {text:?}");
+        assert!(
+            !dir.path().join("out").join("cindex.csv").exists(),
+            "nothing written for {text:?}"
+        );
     }
 }
 
@@ -78,9 +92,15 @@ fn report_failure_leaves_an_earlier_report_intact() {
     let out = report_on(dir.path(), GOOD);
     assert!(out.status.success(), "{}", stderr(&out));
     let before = std::fs::read(dir.path().join("out/cindex.csv")).unwrap();
-    let out = report_on(dir.path(), "case_id,fold,risk,survival_months,event\na,0,,1,1\n");
+    let out = report_on(
+        dir.path(),
+        "case_id,fold,risk,survival_months,event\na,0,,1,1\n",
+    );
     assert_fails_with(&out, &["column `risk`", "nothing was overwritten"]);
-    assert_eq!(std::fs::read(dir.path().join("out/cindex.csv")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/cindex.csv")).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -91,13 +111,31 @@ fn configuration_errors_name_the_key() {
     let out = hdmoe(&["config", "--config", yaml.to_str().unwrap()]);
     assert_fails_with(&out, &["typo.yaml", "`report.riks_split`", "unknown key"]);
 
-    let out = hdmoe(&["config", "--config", "pipelines/demo.yaml", "--set", "train.seed=-1"]);
+    let out = hdmoe(&[
+        "config",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        "train.seed=-1",
+    ]);
     assert_fails_with(&out, &["`train.seed`", "--set"]);
 
-    let out = hdmoe(&["cohort", "--config", "pipelines/demo.yaml", "--set", "paths.cohort=null"]);
+    let out = hdmoe(&[
+        "cohort",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        "paths.cohort=null",
+    ]);
     assert_fails_with(&out, &["`paths.cohort` is not set"]);
 
-    let out = hdmoe(&["config", "--config", "pipelines/demo.yaml", "--set", "train.seed=7"]);
+    let out = hdmoe(&[
+        "config",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        "train.seed=7",
+    ]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("seed: 7"));
 }
@@ -106,16 +144,32 @@ fn configuration_errors_name_the_key() {
 fn cohort_command_summarises_the_demo_cohort() {
     let dir = tempfile::tempdir().unwrap();
     let labels = dir.path().join("labels.csv");
-    let out = hdmoe(&["cohort", "--config", "pipelines/demo.yaml", "--labels-out", labels.to_str().unwrap()]);
+    let out = hdmoe(&[
+        "cohort",
+        "--config",
+        "pipelines/demo.yaml",
+        "--labels-out",
+        labels.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("373 patients, 437 slides, 169 events"), "{text}");
+    assert!(
+        text.contains("373 patients, 437 slides, 169 events"),
+        "{text}"
+    );
     assert!(text.contains("fold 3: 299 train / 74 val"), "{text}");
     let rows = std::fs::read_to_string(&labels).unwrap();
     assert_eq!(rows.lines().count(), 374);
-    assert!(rows.starts_with("case_id,slide_ids,survival_months,censorship,event,time_bin,class,fold_0"));
+    assert!(rows
+        .starts_with("case_id,slide_ids,survival_months,censorship,event,time_bin,class,fold_0"));
 
-    let out = hdmoe(&["cohort", "--config", "pipelines/demo.yaml", "--set", "paths.cohort=missing.csv"]);
+    let out = hdmoe(&[
+        "cohort",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        "paths.cohort=missing.csv",
+    ]);
     assert_fails_with(&out, &["missing.csv", "cannot read"]);
 }
 

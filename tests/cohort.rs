@@ -25,9 +25,21 @@ fn time_bins_match_the_pandas_reference_exactly() {
     for (key, table) in TABLES {
         let want = &reference[key];
         let cohort = Cohort::read(&fixture(table)).unwrap();
-        assert_eq!(cohort.len() as u64, want["n_cases"].as_u64().unwrap(), "{key}");
-        assert_eq!(cohort.n_slides as u64, want["n_slides"].as_u64().unwrap(), "{key}");
-        assert_eq!(cohort.n_events() as u64, want["uncensored"].as_u64().unwrap(), "{key}");
+        assert_eq!(
+            cohort.len() as u64,
+            want["n_cases"].as_u64().unwrap(),
+            "{key}"
+        );
+        assert_eq!(
+            cohort.n_slides as u64,
+            want["n_slides"].as_u64().unwrap(),
+            "{key}"
+        );
+        assert_eq!(
+            cohort.n_events() as u64,
+            want["uncensored"].as_u64().unwrap(),
+            "{key}"
+        );
         for (got, want) in cohort.edges.iter().zip(want["edges"].as_array().unwrap()) {
             let want = want.as_f64().unwrap();
             assert!((got - want).abs() <= 1e-9, "{key}: edge {got} vs {want}");
@@ -39,7 +51,11 @@ fn time_bins_match_the_pandas_reference_exactly() {
                 let want = want["bin_censorship_counts"][format!("{bin},{censored}")]
                     .as_u64()
                     .unwrap();
-                assert_eq!(counts[2 * bin + censored] as u64, want, "{key} ({bin},{censored})");
+                assert_eq!(
+                    counts[2 * bin + censored] as u64,
+                    want,
+                    "{key} ({bin},{censored})"
+                );
             }
         }
     }
@@ -64,14 +80,27 @@ fn patients_keep_every_slide_and_label() {
 #[test]
 fn real_splits_have_the_published_sizes() {
     for (table, study, sizes) in [
-        ("tcga/blca_sig_labels.csv", "tcga_blca", [(298, 75), (298, 75), (298, 75), (299, 74), (299, 74)]),
-        ("tcga/brca_mutsig_labels.csv", "tcga_brca", [(764, 192), (765, 191), (765, 191), (765, 191), (765, 191)]),
+        (
+            "tcga/blca_sig_labels.csv",
+            "tcga_blca",
+            [(298, 75), (298, 75), (298, 75), (299, 74), (299, 74)],
+        ),
+        (
+            "tcga/brca_mutsig_labels.csv",
+            "tcga_brca",
+            [(764, 192), (765, 191), (765, 191), (765, 191), (765, 191)],
+        ),
     ] {
         let cohort = Cohort::read(&fixture(table)).unwrap();
         let dir = fixture(&format!("tcga/splits/5foldcv/{study}"));
         let splits = read_splits(&dir, &[0, 1, 2, 3, 4], &cohort).unwrap();
         for (split, (train, val)) in splits.iter().zip(sizes) {
-            assert_eq!((split.train.len(), split.val.len()), (train, val), "{study} fold {}", split.fold);
+            assert_eq!(
+                (split.train.len(), split.val.len()),
+                (train, val),
+                "{study} fold {}",
+                split.fold
+            );
             // Disjoint and together the whole cohort.
             let mut all: Vec<usize> = split.train.iter().chain(&split.val).copied().collect();
             all.sort_unstable();
@@ -138,7 +167,10 @@ fn tolerant_of_real_world_layouts() {
 fn error_for(text: &str) -> String {
     let (_dir, path) = temp_file("cohort.csv", text);
     let message = Cohort::read(&path).unwrap_err().to_string();
-    assert!(message.contains("cohort.csv"), "message must name the file: {message}");
+    assert!(
+        message.contains("cohort.csv"),
+        "message must name the file: {message}"
+    );
     message
 }
 
@@ -147,15 +179,24 @@ fn bad_tables_are_named_by_line_and_column() {
     let m = error_for("case_id,survival_months\nA,3\n");
     assert!(m.contains("required column `censorship` is missing"), "{m}");
     let m = error_for("case_id,survival_months,censorship\nA,3,0\nB,abc,1\n");
-    assert!(m.contains("line 3") && m.contains("`survival_months`") && m.contains("not a number"), "{m}");
+    assert!(
+        m.contains("line 3") && m.contains("`survival_months`") && m.contains("not a number"),
+        "{m}"
+    );
     let m = error_for("case_id,survival_months,censorship\nA,3,0\nB,-2,1\n");
     assert!(m.contains("line 3") && m.contains("negative"), "{m}");
     let m = error_for("case_id,survival_months,censorship\nA,3,0\nB,2,2\n");
-    assert!(m.contains("line 3") && m.contains("`censorship`") && m.contains("0 (event observed) or 1"), "{m}");
+    assert!(
+        m.contains("line 3") && m.contains("`censorship`") && m.contains("0 (event observed) or 1"),
+        "{m}"
+    );
     let m = error_for("case_id,survival_months,censorship\nA,3,0\nB,,1\n");
     assert!(m.contains("blank survival time"), "{m}");
     let m = error_for("case_id,slide_id,survival_months,censorship\nA,a1,3,0\nA,a2,4,0\n");
-    assert!(m.contains("case A") && m.contains("line 3") && m.contains("line 2"), "{m}");
+    assert!(
+        m.contains("case A") && m.contains("line 3") && m.contains("line 2"),
+        "{m}"
+    );
     let m = error_for("case_id,survival_months,censorship\n");
     assert!(m.contains("no data rows"), "{m}");
     let m = error_for("case_id,case_id,survival_months,censorship\nA,A,3,0\n");
@@ -184,7 +225,13 @@ fn bad_splits_are_refused_with_the_case() {
     assert_eq!((ok.train.len(), ok.val.len()), (3, 1));
 
     let m = split(",train,val\n0,A,Z\n").unwrap_err().to_string();
-    assert!(m.contains("splits_0.csv") && m.contains("line 2") && m.contains("`val`") && m.contains("case Z"), "{m}");
+    assert!(
+        m.contains("splits_0.csv")
+            && m.contains("line 2")
+            && m.contains("`val`")
+            && m.contains("case Z"),
+        "{m}"
+    );
     let m = split(",train,val\n0,A,B\n1,B,\n").unwrap_err().to_string();
     assert!(m.contains("case B is in both train and val"), "{m}");
     let m = split(",train,val\n0,A,B\n1,A,\n").unwrap_err().to_string();

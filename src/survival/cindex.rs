@@ -1,5 +1,6 @@
 //! Harrell's concordance index with scikit-survival's `concordance_index_censored` conventions,
-//! in O(n log n) with a Fenwick tree over risk ranks.
+//! in O(n log n): samples visited from the latest time down, earlier-lived ones counted by risk
+//! rank in a bit set with a Fenwick tree over its blocks.
 
 use super::{check_finite, check_survival, StatsError};
 
@@ -38,48 +39,39 @@ pub fn concordance_index(
     }
     let n = time.len();
 
-    let mut by_risk: Vec<usize> = (0..n).collect();
-    by_risk.sort_by(|&a, &b| risk[a].total_cmp(&risk[b]));
-    let sorted_risk: Vec<f64> = by_risk.iter().map(|&i| risk[i]).collect();
-    let mut rank = vec![0usize; n];
-    for (r, &i) in by_risk.iter().enumerate() {
-        rank[i] = r;
-    }
-
-    let mut by_time: Vec<usize> = (0..n).collect();
-    by_time.sort_by(|&a, &b| time[a].total_cmp(&time[b]));
+    // Every step below is a linear pass or a stable radix sort, so memory is read in order:
+    // at a million samples, random access (not the comparisons) is what costs.
+    let mut samples: Vec<(f64, f64, bool)> = (0..n).map(|i| (time[i], risk[i], event[i])).collect();
+    radsort::sort_by_key(&mut samples, |s| s.0);
+    let ranked = rank_with_tie_windows(&samples);
 
     // Walk the time groups from the latest down; `later` holds every sample with a larger time.
-    let mut later = Fenwick::new(n);
+    let mut later = RankSet::new(n);
     let (mut concordant, mut discordant, mut tied_risk, mut tied_time) = (0u64, 0u64, 0u64, 0u64);
     let mut end = n;
     while end > 0 {
-        let t = time[by_time[end - 1]];
+        let t = samples[end - 1].0;
         let mut start = end - 1;
-        while start > 0 && time[by_time[start - 1]] == t {
+        while start > 0 && samples[start - 1].0 == t {
             start -= 1;
         }
-        let group = &by_time[start..end];
+        let group = start..end;
+        let is_event = |k: &usize| samples[*k].2;
         // A censoring at the same time as an event counts as surviving longer.
-        let censored_here = group.iter().filter(|&&i| !event[i]).count() as u64;
-        for &i in group.iter().filter(|&&i| !event[i]) {
-            later.add(rank[i]);
+        let censored_here = group.clone().filter(|k| !is_event(k)).count() as u64;
+        for k in group.clone().filter(|k| !is_event(k)) {
+            later.insert(ranked[k].rank);
         }
-        for &i in group.iter().filter(|&&i| event[i]) {
-            let r = risk[i];
-            let is_tie = |v: f64| (v - r).abs() <= TIED_TOL;
-            // Ranks [0, lo) have lower risk (concordant), [hi, n) higher (discordant).
-            let lo = sorted_risk.partition_point(|&v| v < r && !is_tie(v));
-            let hi = sorted_risk.partition_point(|&v| v <= r || is_tie(v));
-            let below = later.prefix(lo);
-            let up_to_hi = later.prefix(hi);
-            concordant += below;
-            tied_risk += up_to_hi - below;
-            discordant += later.total() - up_to_hi;
+        for k in group.clone().filter(is_event) {
+            let lower = later.count_below(ranked[k].below);
+            let lower_or_tied = later.count_below(ranked[k].up_to);
+            concordant += lower;
+            tied_risk += lower_or_tied - lower;
+            discordant += later.len() - lower_or_tied;
             tied_time += censored_here;
         }
-        for &i in group.iter().filter(|&&i| event[i]) {
-            later.add(rank[i]);
+        for k in group.filter(is_event) {
+            later.insert(ranked[k].rank);
         }
         end = start;
     }
@@ -97,41 +89,105 @@ pub fn concordance_index(
     })
 }
 
-/// Counts of inserted positions, with prefix sums in O(log n).
-struct Fenwick {
-    tree: Vec<u64>,
+/// A sample's risk rank and tie window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ranked {
+    /// Position in the risk-sorted order.
+    rank: u32,
+    /// Ranks `[0, below)` have a risk lower by more than [`TIED_TOL`], `[below, up_to)` are tied
+    /// with this one (|Δ| ≤ tol, scikit-survival's test), the rest are higher.
+    below: u32,
+    up_to: u32,
+}
+
+/// Ranks and tie windows of time-sorted `samples` (time, risk, event), in the same order.
+/// Both window ends only move forward along the sorted risks, so two pointers find them in
+/// O(n); radix sorts carry the results back to time order without random access.
+fn rank_with_tie_windows(samples: &[(f64, f64, bool)]) -> Vec<Ranked> {
+    let n = samples.len();
+    let mut by_risk: Vec<(f64, u32)> = samples
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.1, k as u32))
+        .collect();
+    radsort::sort_by_key(&mut by_risk, |p| p.0);
+    let mut windows: Vec<(u32, Ranked)> = Vec::with_capacity(n);
+    let (mut lo, mut hi) = (0usize, 0usize);
+    for (p, &(r, k)) in by_risk.iter().enumerate() {
+        let is_tie = |v: f64| (v - r).abs() <= TIED_TOL;
+        while lo < n && by_risk[lo].0 < r && !is_tie(by_risk[lo].0) {
+            lo += 1;
+        }
+        while hi < n && (by_risk[hi].0 <= r || is_tie(by_risk[hi].0)) {
+            hi += 1;
+        }
+        let ranked = Ranked {
+            rank: p as u32,
+            below: lo as u32,
+            up_to: hi as u32,
+        };
+        windows.push((k, ranked));
+    }
+    radsort::sort_by_key(&mut windows, |w| w.0);
+    windows.into_iter().map(|(_, ranked)| ranked).collect()
+}
+
+/// The set of inserted rank positions (each inserted at most once), with prefix counts in
+/// O(log n): one bit per position plus a Fenwick tree over blocks of 512 bits. For a million
+/// samples that is 133 kB, small enough to stay in cache while the positions arrive in random
+/// order, which a plain Fenwick tree of counts (4 MB) does not.
+struct RankSet {
+    bits: Vec<u64>,
+    blocks: Vec<u32>,
     total: u64,
 }
 
-impl Fenwick {
+const WORDS_PER_BLOCK: usize = 8;
+const BITS_PER_BLOCK: usize = 64 * WORDS_PER_BLOCK;
+
+impl RankSet {
     fn new(n: usize) -> Self {
+        let words = n.div_ceil(64).next_multiple_of(WORDS_PER_BLOCK);
         Self {
-            tree: vec![0; n + 1],
+            bits: vec![0; words],
+            blocks: vec![0; words / WORDS_PER_BLOCK + 1],
             total: 0,
         }
     }
 
-    fn add(&mut self, position: usize) {
+    fn insert(&mut self, position: u32) {
+        let position = position as usize;
+        self.bits[position / 64] |= 1 << (position % 64);
         self.total += 1;
-        let mut k = position + 1;
-        while k < self.tree.len() {
-            self.tree[k] += 1;
+        let mut k = position / BITS_PER_BLOCK + 1;
+        while k < self.blocks.len() {
+            self.blocks[k] += 1;
             k += k & k.wrapping_neg();
         }
     }
 
     /// Number of inserted positions < `end`.
-    fn prefix(&self, end: usize) -> u64 {
-        let mut sum = 0;
-        let mut k = end;
+    fn count_below(&self, end: u32) -> u64 {
+        let end = end as usize;
+        let block = end / BITS_PER_BLOCK;
+        let mut sum = 0u64;
+        let mut k = block;
         while k > 0 {
-            sum += self.tree[k];
+            sum += u64::from(self.blocks[k]);
             k -= k & k.wrapping_neg();
+        }
+        let word = end / 64;
+        for w in &self.bits[block * WORDS_PER_BLOCK..word] {
+            sum += u64::from(w.count_ones());
+        }
+        let partial = end % 64;
+        if partial > 0 {
+            sum += u64::from((self.bits[word] & ((1u64 << partial) - 1)).count_ones());
         }
         sum
     }
 
-    fn total(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.total
     }
 }

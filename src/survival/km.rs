@@ -61,11 +61,11 @@ pub fn kaplan_meier(
         )));
     }
     let z = Normal::standard().inverse_cdf((1.0 + ci_level) / 2.0);
-    let mut order: Vec<usize> = (0..time.len()).collect();
-    order.sort_by(|&a, &b| time[a].total_cmp(&time[b]));
+    let mut samples: Vec<(f64, bool)> = time.iter().copied().zip(event.iter().copied()).collect();
+    radsort::sort_by_key(&mut samples, |s| s.0);
 
     let mut rows = Vec::new();
-    if time[order[0]] > 0.0 {
+    if samples[0].0 > 0.0 {
         rows.push(KmRow {
             time: 0.0,
             at_risk: time.len(),
@@ -80,13 +80,13 @@ pub fn kaplan_meier(
     let mut survival = 1.0;
     let mut greenwood = 0.0;
     let mut start = 0;
-    while start < order.len() {
-        let t = time[order[start]];
+    while start < samples.len() {
+        let t = samples[start].0;
         let mut end = start;
-        while end < order.len() && time[order[end]] == t {
+        while end < samples.len() && samples[end].0 == t {
             end += 1;
         }
-        let events = order[start..end].iter().filter(|&&i| event[i]).count();
+        let events = samples[start..end].iter().filter(|s| s.1).count();
         let censored = end - start - events;
         let (n, d) = (at_risk as f64, events as f64);
         survival *= 1.0 - d / n;

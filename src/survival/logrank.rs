@@ -31,7 +31,7 @@ pub fn logrank_test(
         .map(|(&t, &e)| (t, e, true))
         .chain(time_b.iter().zip(event_b).map(|(&t, &e)| (t, e, false)))
         .collect();
-    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    radsort::sort_by_key(&mut all, |x| x.0);
 
     let (mut n_a, mut n_b) = (time_a.len() as f64, time_b.len() as f64);
     let (mut observed_a, mut expected_a, mut observed_b, mut variance) = (0.0, 0.0, 0.0, 0.0);
