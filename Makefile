@@ -23,15 +23,17 @@ $(STAMP): scripts/setup.sh
 build: setup
 	$(CARGO) build
 
-# Until the tile, features, genomics and fit stages land, `all` runs the stages that exist:
-# the resolved configuration, the cohort check (labels, time bins, splits) and, for the demo,
-# the report stage on real out-of-fold-style predictions (see README, "What works today").
+# Until the tile, features, mri and fit stages land, `all` runs the stages that exist: the
+# resolved configuration, the cohort check (labels, time bins, splits), the genomic groups and,
+# for the demo, the report stage on real predictions of a clinical score (README, "What works
+# today").
 DEMO_PREDICTIONS := fixtures/demo/gbsg2_pnodes_predictions.csv
 
 all: build
 	$(BIN) config --config pipelines/$(DATASET).yaml
 	mkdir -p $(RUN_DIR)
 	$(BIN) cohort --config pipelines/$(DATASET).yaml --labels-out $(RUN_DIR)/labels.csv
+	$(BIN) genomics --config pipelines/$(DATASET).yaml
 	$(if $(filter demo,$(DATASET)),$(BIN) report --config pipelines/$(DATASET).yaml \
 	  --predictions $(DEMO_PREDICTIONS) --out $(RUN_DIR)/report)
 	@echo "outputs: $(RUN_DIR)/"
@@ -42,7 +44,7 @@ test: setup
 	$(CARGO) clippy --all-targets -- -D warnings
 
 bench: setup
-	$(CARGO) bench --profile dev --bench survival
+	$(CARGO) bench --profile dev --bench survival --bench genomics
 
 clean:
 	rm -rf target runs cache

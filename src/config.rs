@@ -40,6 +40,7 @@ pub enum ConfigError {
 pub struct Config {
     pub dataset: DatasetConfig,
     pub paths: PathsConfig,
+    pub genomics: GenomicsConfig,
     pub train: TrainConfig,
     pub report: ReportConfig,
 }
@@ -86,6 +87,36 @@ pub struct PathsConfig {
     pub cache: Option<PathBuf>,
     /// Default `runs/<dataset.name>`.
     pub runs: Option<PathBuf>,
+}
+
+/// What to do with a blank or non-numeric gene value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingPolicy {
+    /// Leave the patient out, with a message naming the case and the column.
+    Error,
+    /// Fill with 0.
+    Zero,
+    /// Fill with the column's median over the cohort's patients.
+    Median,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenomicsConfig {
+    pub missing: MissingPolicy,
+    /// Reproduce the released HDMoE code's loss of the table's last gene column
+    /// (MODEL_SPEC 1.3: `ZXDC_rnaseq` on MCAT's tables).
+    pub release_quirk: bool,
+}
+
+impl Default for GenomicsConfig {
+    fn default() -> Self {
+        Self {
+            missing: MissingPolicy::Error,
+            release_quirk: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +250,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `paths.cache` (filled in by [`Config::load`]).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.paths
+            .cache
+            .clone()
+            .unwrap_or_else(|| Path::new("cache").join(&self.dataset.name))
     }
 
     /// The resolved configuration as YAML.

@@ -3,9 +3,11 @@
 //! arguments and dispatches.
 
 pub mod atomic;
+pub mod cache;
 pub mod cohort;
 pub mod config;
 pub mod doctor;
+pub mod genomics;
 pub mod labels;
 pub mod report;
 pub mod survival;

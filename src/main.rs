@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
-use hdmoe_pipe::{doctor, labels, report};
+use hdmoe_pipe::{doctor, genomics, labels, report};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
 ///
-/// Stages available in this build: config, cohort, report, doctor. Every stage reads the
+/// Stages available in this build: config, cohort, genomics, report, doctor. Every stage reads the
 /// dataset's YAML (`--config pipelines/<name>.yaml`); `--set section.key=value` overrides one
 /// value. Keys and defaults: docs/CONFIG.md.
 #[derive(Parser)]
@@ -34,6 +34,9 @@ enum Command {
     Config(ConfigArgs),
     /// Check the cohort table and splits; print patients, slides, time bins and fold sizes.
     Cohort(CohortCmd),
+    /// Group the cohort table's gene columns into the gene families of signatures.csv
+    /// (cache/genomics.h5, one row per patient, raw values).
+    Genomics(StageCmd),
     /// C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from predictions.
     Report(ReportCmd),
     /// Show the libtorch this binary uses and whether CUDA devices are visible.
@@ -63,6 +66,15 @@ struct CohortCmd {
     /// Also write one row per patient (labels, time bin, class, train/val per fold) to FILE.
     #[arg(long, value_name = "FILE")]
     labels_out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StageCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Redo outputs that already exist, even when made with other parameters.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -111,6 +123,31 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", result.summary);
             if let Some(path) = &args.labels_out {
                 tracing::info!("wrote {}", path.display());
+            }
+        }
+        Command::Genomics(args) => {
+            let config = args.config.load()?;
+            let result = genomics::run(&config, args.force)?;
+            let verb = if result.kept {
+                "kept (same parameters)"
+            } else {
+                "wrote"
+            };
+            println!(
+                "{verb} {}: {} patients",
+                result.output.display(),
+                result.patients
+            );
+            for group in &result.groups {
+                println!("  {:<32} {:>5} columns", group.key, group.columns.len());
+            }
+            if !result.failed.is_empty() {
+                anyhow::bail!(
+                    "genomics: {} of {} patients failed (listed in {}/genomics_manifest.csv)",
+                    result.failed.len(),
+                    result.failed.len() + result.patients,
+                    config.cache_dir().display()
+                );
             }
         }
         Command::Report(args) => {

@@ -153,13 +153,10 @@ fn cohort_command_summarises_the_demo_cohort() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("373 patients, 437 slides, 169 events"),
-        "{text}"
-    );
-    assert!(text.contains("fold 3: 299 train / 74 val"), "{text}");
+    assert!(text.contains("24 patients, 27 slides"), "{text}");
+    assert!(text.contains("fold 2: 21 train / 3 val"), "{text}");
     let rows = std::fs::read_to_string(&labels).unwrap();
-    assert_eq!(rows.lines().count(), 374);
+    assert_eq!(rows.lines().count(), 25);
     assert!(rows
         .starts_with("case_id,slide_ids,survival_months,censorship,event,time_bin,class,fold_0"));
 
@@ -174,8 +171,67 @@ fn cohort_command_summarises_the_demo_cohort() {
 }
 
 #[test]
+fn genomics_command_writes_the_groups_and_reports_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = format!("paths.cache={}", dir.path().display());
+    let out = hdmoe(&[
+        "genomics",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        &cache,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("24 patients")
+            && text.contains("transcription_factors")
+            && text.contains("1496 columns"),
+        "{text}"
+    );
+    let out = hdmoe(&[
+        "genomics",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        &cache,
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept (same parameters)"));
+
+    // One patient with a blank gene value: the others are written, the exit code says so.
+    let table = dir.path().join("cohort.csv");
+    let original = std::fs::read_to_string("fixtures/tcga/blca_sig_24cases.csv").unwrap();
+    let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
+    let mut cells: Vec<String> = lines[5].split(',').map(str::to_owned).collect();
+    let last = cells.len() - 1;
+    cells[last].clear();
+    lines[5] = cells.join(",");
+    std::fs::write(&table, lines.join("\n") + "\n").unwrap();
+    let cohort = format!("paths.cohort={}", table.display());
+    let out = hdmoe(&[
+        "genomics",
+        "--config",
+        "pipelines/demo.yaml",
+        "--set",
+        &cache,
+        "--set",
+        &cohort,
+        "--force",
+    ]);
+    assert_fails_with(
+        &out,
+        &[
+            "cohort.csv",
+            "line 6, column `ZXDC_rnaseq`",
+            "1 of 24 patients failed",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("23 patients"));
+}
+
+#[test]
 fn every_command_has_help() {
-    for command in ["config", "cohort", "report", "doctor"] {
+    for command in ["config", "cohort", "genomics", "report", "doctor"] {
         let out = hdmoe(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hdmoe-pipe"));

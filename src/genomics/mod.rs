@@ -1,0 +1,343 @@
+//! `hdmoe-pipe genomics`: the cohort table's gene columns grouped by MCAT's six gene families
+//! (`signatures.csv`) into `cache/genomics.h5`, one row per patient, raw values.
+//!
+//! Group k = {gene + `_mut`, `_cnv`, `_rnaseq` for the family's genes} ∩ the table's columns,
+//! sorted by byte (ASCII) order, as MCAT and the HDMoE release build them. Scaling is not done
+//! here: `fit` standardises on each fold's training patients only.
+
+pub mod signatures;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::Array2;
+
+use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::cohort::CohortError;
+use crate::config::{Config, GenomicsConfig, MissingPolicy};
+pub use signatures::{read_signatures, Signature};
+
+/// File name of the stage's output inside `paths.cache`.
+pub const OUTPUT: &str = "genomics.h5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenomicsError {
+    #[error("configuration: `paths.{0}` is not set")]
+    MissingPath(&'static str),
+    #[error(transparent)]
+    Table(CohortError),
+    #[error("{path}: not a gene-signature table: {reason}")]
+    Signatures { path: PathBuf, reason: String },
+    #[error("{path}: column `{column}` appears more than once")]
+    DuplicateColumn { path: PathBuf, column: String },
+    #[error("{table}: gene family `{family}` of {signatures} matches no column (looked for its genes with suffixes _mut, _cnv, _rnaseq)")]
+    EmptyGroup {
+        table: PathBuf,
+        signatures: PathBuf,
+        family: String,
+    },
+    #[error("{path}: column `{column}` has no numeric value in any patient, so `genomics.missing: median` cannot fill it")]
+    NoMedian { path: PathBuf, column: String },
+    #[error("{path}: no patient could be used ({failed} failed; see {manifest})")]
+    NoPatients {
+        path: PathBuf,
+        failed: usize,
+        manifest: PathBuf,
+    },
+    #[error("{0}")]
+    Stale(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// One group as written: dataset name, the family's header, its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub key: String,
+    pub family: String,
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct GenomicsReport {
+    pub output: PathBuf,
+    pub groups: Vec<Group>,
+    pub patients: usize,
+    /// (case, reason) of every patient left out.
+    pub failed: Vec<(String, String)>,
+    /// The output already existed with the same parameters and was kept.
+    pub kept: bool,
+}
+
+/// The groups' columns for a table header, derived from the data.
+pub fn build_groups(
+    header: &[String],
+    signatures: &[Signature],
+    dropped: Option<&str>,
+    table: &Path,
+    signatures_path: &Path,
+) -> Result<Vec<Group>, GenomicsError> {
+    let present: std::collections::HashSet<&str> = header
+        .iter()
+        .map(String::as_str)
+        .filter(|c| Some(*c) != dropped)
+        .collect();
+    signatures
+        .iter()
+        .map(|signature| {
+            let mut columns: Vec<String> = signature
+                .genes
+                .iter()
+                .flat_map(|gene| table::SUFFIXES.iter().map(move |s| format!("{gene}{s}")))
+                .filter(|c| present.contains(c.as_str()))
+                .collect();
+            columns.sort();
+            columns.dedup();
+            if columns.is_empty() {
+                return Err(GenomicsError::EmptyGroup {
+                    table: table.to_owned(),
+                    signatures: signatures_path.to_owned(),
+                    family: signature.name.clone(),
+                });
+            }
+            Ok(Group {
+                key: signature.key(),
+                family: signature.name.clone(),
+                columns,
+            })
+        })
+        .collect()
+}
+
+/// The column the released HDMoE code loses to MCAT's column slicing: the table's last column,
+/// when it is a gene column (MODEL_SPEC 1.3).
+fn release_quirk_column(header: &[String]) -> Option<&str> {
+    header
+        .last()
+        .map(String::as_str)
+        .filter(|c| table::SUFFIXES.iter().any(|s| c.ends_with(s)))
+}
+
+fn parameters(
+    cohort: &Path,
+    signatures: &Path,
+    options: &GenomicsConfig,
+) -> Result<Parameters, GenomicsError> {
+    let digest = |path: &Path| {
+        cache::sha256_file(path).map_err(|source| {
+            GenomicsError::Table(CohortError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        })
+    };
+    Ok(Parameters::new()
+        .with("stage", "genomics")
+        .with("cohort_sha256", digest(cohort)?)
+        .with("signatures_sha256", digest(signatures)?)
+        .with("missing", format!("{:?}", options.missing).to_lowercase())
+        .with("release_quirk", options.release_quirk)
+        .with("layout_version", 1))
+}
+
+pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError> {
+    let cohort = config
+        .paths
+        .cohort
+        .as_deref()
+        .ok_or(GenomicsError::MissingPath("cohort"))?;
+    let signatures_path = config
+        .paths
+        .signatures
+        .as_deref()
+        .ok_or(GenomicsError::MissingPath("signatures"))?;
+    let cache_dir = config.cache_dir();
+    let output = cache_dir.join(OUTPUT);
+    let options = &config.genomics;
+
+    let wanted = parameters(cohort, signatures_path, options)?;
+    match cache::freshness(&output, &wanted, force) {
+        Freshness::Done => {
+            let file = hdf5::File::open(&output).map_err(CacheError::hdf5(&output))?;
+            return Ok(GenomicsReport {
+                groups: read_groups(&file).map_err(CacheError::hdf5(&output))?,
+                patients: file
+                    .dataset("case_ids")
+                    .map_err(CacheError::hdf5(&output))?
+                    .size(),
+                output,
+                failed: Vec::new(),
+                kept: true,
+            });
+        }
+        Freshness::Mismatch(differences) => {
+            return Err(GenomicsError::Stale(cache::mismatch_message(
+                &output,
+                &differences,
+            )))
+        }
+        Freshness::Unreadable(reason) => {
+            tracing::warn!("{}: unreadable ({reason}); remaking it", output.display());
+        }
+        Freshness::Missing => {}
+    }
+
+    let signatures = read_signatures(signatures_path)?;
+    let header = table::read_header(cohort)?;
+    let dropped = if options.release_quirk {
+        release_quirk_column(&header)
+    } else {
+        None
+    };
+    let groups = build_groups(&header, &signatures, dropped, cohort, signatures_path)?;
+    let mut all_columns: Vec<String> = groups.iter().flat_map(|g| g.columns.clone()).collect();
+    all_columns.sort();
+    all_columns.dedup();
+    let patients = table::read_patients(cohort, &all_columns)?;
+
+    let mut manifest = Manifest::new(&cache_dir, "genomics");
+    let started = Instant::now();
+    let mut kept: Vec<&table::PatientValues> = Vec::new();
+    let mut failed = Vec::new();
+    for patient in &patients {
+        let problem = patient.conflict.clone().or_else(|| {
+            (options.missing == MissingPolicy::Error)
+                .then(|| patient.first_missing.clone())
+                .flatten()
+                .map(|m| format!("{m} (set genomics.missing to zero or median to fill it)"))
+        });
+        match problem {
+            Some(reason) => {
+                let message = format!("{}: case {}: {reason}", cohort.display(), patient.case_id);
+                tracing::error!("{message}");
+                manifest.record(&patient.case_id, Status::Failed, started, &message);
+                failed.push((patient.case_id.clone(), message));
+            }
+            None => {
+                manifest.record(&patient.case_id, Status::Done, started, "");
+                kept.push(patient);
+            }
+        }
+    }
+    manifest.save()?;
+    if kept.is_empty() {
+        return Err(GenomicsError::NoPatients {
+            path: cohort.to_owned(),
+            failed: failed.len(),
+            manifest: manifest.path().to_owned(),
+        });
+    }
+
+    let matrix = fill_missing(&kept, &all_columns, options.missing, cohort)?;
+    let case_ids: Vec<String> = kept.iter().map(|p| p.case_id.clone()).collect();
+    write_output(
+        &output,
+        &wanted,
+        &case_ids,
+        &groups,
+        &all_columns,
+        &matrix,
+        dropped,
+    )?;
+    Ok(GenomicsReport {
+        output,
+        groups,
+        patients: case_ids.len(),
+        failed,
+        kept: false,
+    })
+}
+
+/// Patients × columns, with blanks filled by the policy (under `error` none are left).
+fn fill_missing(
+    patients: &[&table::PatientValues],
+    columns: &[String],
+    policy: MissingPolicy,
+    cohort: &Path,
+) -> Result<Array2<f64>, GenomicsError> {
+    let mut matrix = Array2::<f64>::zeros((patients.len(), columns.len()));
+    for (j, column) in columns.iter().enumerate() {
+        let present: Vec<f64> = patients.iter().filter_map(|p| p.values[j]).collect();
+        let fill = match policy {
+            MissingPolicy::Median if present.len() < patients.len() => {
+                crate::survival::median(&present).map_err(|_| GenomicsError::NoMedian {
+                    path: cohort.to_owned(),
+                    column: column.clone(),
+                })?
+            }
+            _ => 0.0,
+        };
+        for (i, p) in patients.iter().enumerate() {
+            matrix[[i, j]] = p.values[j].unwrap_or(fill);
+        }
+    }
+    Ok(matrix)
+}
+
+fn write_output(
+    output: &Path,
+    parameters: &Parameters,
+    case_ids: &[String],
+    groups: &[Group],
+    all_columns: &[String],
+    matrix: &Array2<f64>,
+    dropped: Option<&str>,
+) -> Result<(), GenomicsError> {
+    cache::write_h5(output, |file| {
+        cache::stamp(file, parameters)?;
+        cache::write_str_attr(file, "software_version", crate::VERSION)?;
+        cache::write_str_attr(file, "dropped_columns", dropped.unwrap_or(""))?;
+        let keys: Vec<String> = groups.iter().map(|g| g.key.clone()).collect();
+        cache::write_str_list_attr(file, "group_names", &keys)?;
+        let ids = cache::to_varlen(case_ids)?;
+        file.new_dataset_builder()
+            .obj_track_times(false)
+            .with_data(ids.as_slice())
+            .create("case_ids")?;
+        for (index, group) in groups.iter().enumerate() {
+            let picks: Vec<usize> = group
+                .columns
+                .iter()
+                .map(|c| {
+                    all_columns
+                        .binary_search(c)
+                        .expect("group columns are in all_columns")
+                })
+                .collect();
+            let values = matrix
+                .select(ndarray::Axis(1), &picks)
+                .as_standard_layout()
+                .into_owned();
+            let dataset = file
+                .new_dataset_builder()
+                .obj_track_times(false)
+                .with_data(&values)
+                .create(group.key.as_str())?;
+            cache::write_str_list_attr(&dataset, "feature_names", &group.columns)?;
+            cache::write_str_attr(&dataset, "family", &group.family)?;
+            dataset
+                .new_attr::<u32>()
+                .shape(())
+                .create("group_index")?
+                .write_scalar(&(index as u32))?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The groups recorded in a `genomics.h5`, in order.
+pub fn read_groups(file: &hdf5::File) -> hdf5::Result<Vec<Group>> {
+    cache::read_str_list_attr(file, "group_names")?
+        .into_iter()
+        .map(|key| {
+            let dataset = file.dataset(&key)?;
+            Ok(Group {
+                family: cache::read_str_attr(&dataset, "family")?,
+                columns: cache::read_str_list_attr(&dataset, "feature_names")?,
+                key,
+            })
+        })
+        .collect()
+}
