@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cohort;
 pub mod config;
 pub mod doctor;
+pub mod encode;
 pub mod genomics;
 pub mod labels;
 pub mod report;

@@ -78,3 +78,34 @@ pub fn reference(name: &str) -> Reference {
         risk,
     }
 }
+
+/// The deterministic pseudo-random tensor that fixtures/encoders/make_reference.py defines
+/// (see its docstring): a function of the tensor's name and shape only.
+pub fn hashed_tensor(name: &str, shape: &[i64]) -> tch::Tensor {
+    let mut base: u64 = 0x811C_9DC5;
+    for byte in name.bytes() {
+        base ^= u64::from(byte);
+        base = (base * 0x0100_0193) & 0xFFFF_FFFF;
+    }
+    let n: i64 = shape.iter().product();
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    let fan_in = if shape.is_empty() { 1 } else { n / shape[0] };
+    let values: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let mut h = (i * 0x9E37_79B1 + base) & 0xFFFF_FFFF;
+            h ^= h >> 16;
+            h = (h * 0x045D_9F3B) & 0xFFFF_FFFF;
+            h ^= h >> 16;
+            let u = h as f64 / 4_294_967_296.0;
+            let v = match leaf {
+                "running_var" => 0.5 + u,
+                "running_mean" | "bias" => 0.2 * u - 0.1,
+                "weight" if shape.len() == 1 => 0.8 + 0.4 * u,
+                "weight" => (2.0 * u - 1.0) * (6.0 / fan_in as f64).sqrt(),
+                _ => 2.0 * u - 1.0,
+            };
+            v as f32
+        })
+        .collect();
+    tch::Tensor::from_slice(&values).reshape(shape)
+}

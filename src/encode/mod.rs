@@ -1,0 +1,239 @@
+//! Image encoders shared by the features and mri stages: torchvision-compatible ResNets in
+//! libtorch, their weights, and the device they run on.
+
+pub mod resnet2d;
+pub mod resnet3d;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{path}: cannot read weights: {message}")]
+    Unreadable { path: PathBuf, message: String },
+    #[error("{path}: not a {architecture} state dict: {message}")]
+    WrongWeights {
+        path: PathBuf,
+        architecture: &'static str,
+        message: String,
+    },
+    #[error("no encoder weights given: set `{key}` to torchvision's state dict (.pth or .safetensors), or pass --random-weights to run with seeded random weights (outputs are then stamped as such)")]
+    NoWeights { key: &'static str },
+    #[error("device `{0}`: expected auto, cpu, cuda or cuda:N")]
+    BadDevice(String),
+    #[error("device `{0}` asked for, but CUDA is not available to this build")]
+    NoCuda(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The encoders this build has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderKind {
+    /// ResNet-50 through layer3, average pooled: 1024-d (CLAM, the MCAT family).
+    Resnet50Trunc,
+    /// The full ResNet-50, average pooled: 2048-d.
+    Resnet50,
+    /// 3-D ResNet-18 (torchvision `r3d_18`), average pooled: 512-d.
+    Resnet3d18,
+    /// The full 2-D ResNet-50 over a volume's axial slices, averaged: 2048-d.
+    Resnet50Slices,
+}
+
+impl EncoderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Resnet50Trunc => "resnet50_trunc",
+            Self::Resnet50 => "resnet50",
+            Self::Resnet3d18 => "resnet3d_18",
+            Self::Resnet50Slices => "resnet50_slices",
+        }
+    }
+
+    pub fn feature_dim(self) -> i64 {
+        match self {
+            Self::Resnet50Trunc => resnet2d::feature_dim(true),
+            Self::Resnet50 | Self::Resnet50Slices => resnet2d::feature_dim(false),
+            Self::Resnet3d18 => resnet3d::FEATURE_DIM,
+        }
+    }
+
+    fn architecture(self) -> &'static str {
+        match self {
+            Self::Resnet3d18 => "torchvision r3d_18",
+            _ => "torchvision resnet50",
+        }
+    }
+}
+
+/// Where the weights came from, as stamped into every output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSource {
+    File {
+        path: PathBuf,
+        sha256: String,
+    },
+    /// `--random-weights`: libtorch's default initialisation from this seed.
+    Random {
+        seed: u64,
+    },
+}
+
+impl WeightsSource {
+    /// The value of the `weights_sha256` attribute.
+    pub fn stamp(&self) -> String {
+        match self {
+            Self::File { sha256, .. } => sha256.clone(),
+            Self::Random { seed } => format!("random-weights-seed-{seed} (NOT pretrained)"),
+        }
+    }
+}
+
+/// A built encoder with its weights, ready for inference.
+pub struct Encoder {
+    pub kind: EncoderKind,
+    pub device: Device,
+    pub weights: WeightsSource,
+    // Kept alive for the network's parameters.
+    _vs: nn::VarStore,
+    net: nn::SequentialT,
+}
+
+impl Encoder {
+    /// Builds `kind` on `device` and loads `weights` (or seeds a random initialisation).
+    pub fn new(
+        kind: EncoderKind,
+        device: Device,
+        weights: Option<&Path>,
+        random_seed: u64,
+    ) -> Result<Self, EncodeError> {
+        if weights.is_none() {
+            tch::manual_seed(random_seed as i64);
+        }
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let net = match kind {
+            EncoderKind::Resnet50Trunc => resnet2d::resnet50(&vs.root(), true),
+            EncoderKind::Resnet50 | EncoderKind::Resnet50Slices => {
+                resnet2d::resnet50(&vs.root(), false)
+            }
+            EncoderKind::Resnet3d18 => resnet3d::r3d_18(&vs.root()),
+        };
+        let weights = match weights {
+            Some(path) => {
+                let sha256 = load_weights(&mut vs, path, kind.architecture())?;
+                WeightsSource::File {
+                    path: path.to_owned(),
+                    sha256,
+                }
+            }
+            None => WeightsSource::Random { seed: random_seed },
+        };
+        vs.set_device(device);
+        Ok(Self {
+            kind,
+            device,
+            weights,
+            _vs: vs,
+            net,
+        })
+    }
+
+    /// Inference (batch-norm running statistics, no gradients) on `input`, moved to the
+    /// encoder's device; the result comes back to the CPU as float32.
+    pub fn forward(&self, input: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.net
+                .forward_t(&input.to_device(self.device), false)
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+        })
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<Device, EncodeError> {
+    let cuda = |index: usize| {
+        if tch::Cuda::is_available() && (index as i64) < tch::Cuda::device_count() {
+            Ok(Device::Cuda(index))
+        } else {
+            Err(EncodeError::NoCuda(text.to_owned()))
+        }
+    };
+    match text.trim() {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => cuda(index),
+            _ => Err(EncodeError::BadDevice(text.to_owned())),
+        },
+    }
+}
+
+/// Reads a state dict: `.safetensors`, or PyTorch's `torch.save` zip format (`.pth`, `.pt`,
+/// `.bin`, as torchvision distributes its weights).
+pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, EncodeError> {
+    let unreadable = |e: tch::TchError| EncodeError::Unreadable {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let tensors = match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => Tensor::read_safetensors(path).map_err(unreadable)?,
+        _ => Tensor::loadz_multi_with_device(path, Device::Cpu).map_err(unreadable)?,
+    };
+    // DataParallel checkpoints prefix every name with `module.`.
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| (name.strip_prefix("module.").unwrap_or(&name).to_owned(), t))
+        .collect())
+}
+
+/// Copies a state dict's tensors into `vs` by name; returns the file's sha256. Names the file
+/// lacks, and shapes that differ, are errors; extra names (the classifier, BN counters) are not.
+pub fn load_weights(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    architecture: &'static str,
+) -> Result<String, EncodeError> {
+    let state = read_state_dict(path)?;
+    let wrong = |message: String| EncodeError::WrongWeights {
+        path: path.to_owned(),
+        architecture,
+        message,
+    };
+    let mut variables = vs.variables();
+    let mut missing: Vec<&String> = variables
+        .keys()
+        .filter(|k| !state.contains_key(*k))
+        .collect();
+    missing.sort();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
+        return Err(wrong(format!(
+            "{} of {} parameters missing (e.g. {})",
+            missing.len(),
+            variables.len(),
+            shown.join(", ")
+        )));
+    }
+    for (name, var) in variables.iter_mut() {
+        let source = &state[name];
+        if source.size() != var.size() {
+            return Err(wrong(format!(
+                "`{name}` has shape {:?}, expected {:?}",
+                source.size(),
+                var.size()
+            )));
+        }
+        tch::no_grad(|| var.copy_(&source.to_kind(var.kind())));
+    }
+    crate::cache::sha256_file(path).map_err(|e| EncodeError::Unreadable {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
