@@ -44,7 +44,7 @@ test: setup
 	$(CARGO) clippy --all-targets -- -D warnings
 
 bench: setup
-	$(CARGO) bench --profile dev --bench survival --bench genomics
+	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri
 
 clean:
 	rm -rf target runs cache

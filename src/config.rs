@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
+use crate::encode::EncoderKind;
 use crate::survival::RiskSplitRule;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,7 @@ pub struct Config {
     pub dataset: DatasetConfig,
     pub paths: PathsConfig,
     pub genomics: GenomicsConfig,
+    pub mri: MriConfig,
     pub train: TrainConfig,
     pub report: ReportConfig,
 }
@@ -115,6 +117,56 @@ impl Default for GenomicsConfig {
         Self {
             missing: MissingPolicy::Error,
             release_quirk: false,
+        }
+    }
+}
+
+/// What to do with a 4-D NIfTI where a 3-D volume is expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Volume4d {
+    /// The case fails with a message naming the file.
+    Error,
+    /// Use the first 3-D volume.
+    First,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MriConfig {
+    /// File stems of the sequences in each case folder (`<stem>.nii.gz` or `<stem>.nii`).
+    pub sequences: Vec<String>,
+    /// File stem of the case's tumour mask; `<sequence>_mask` files take precedence.
+    pub mask: String,
+    /// Added around the mask's bounding box on every side.
+    pub margin_mm: f64,
+    /// Voxels (x, y, z) of the resampled crop the encoder sees.
+    pub output_size: [usize; 3],
+    /// Intensities are clipped to these percentiles of the crop before z-scoring.
+    pub clip_percentiles: [f64; 2],
+    /// `resnet3d_18` (512-d) or `resnet50_slices` (2048-d).
+    pub encoder: EncoderKind,
+    /// torchvision state dict (.pth or .safetensors) for the encoder.
+    pub weights: Option<PathBuf>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub volume_4d: Volume4d,
+}
+
+impl Default for MriConfig {
+    fn default() -> Self {
+        Self {
+            sequences: ["arterial", "delay", "hepatobiliary", "t1", "t2"]
+                .map(String::from)
+                .to_vec(),
+            mask: "mask".into(),
+            margin_mm: 10.0,
+            output_size: [64, 64, 32],
+            clip_percentiles: [0.5, 99.5],
+            encoder: EncoderKind::Resnet3d18,
+            weights: None,
+            device: "auto".into(),
+            volume_4d: Volume4d::Error,
         }
     }
 }
@@ -240,6 +292,38 @@ impl Config {
             return Err(invalid(
                 "train.folds",
                 format!("must list distinct folds, got {:?}", self.train.folds),
+            ));
+        }
+        let mri = &self.mri;
+        if mri.sequences.is_empty() {
+            return Err(invalid(
+                "mri.sequences",
+                "must name at least one sequence".into(),
+            ));
+        }
+        if !matches!(
+            mri.encoder,
+            EncoderKind::Resnet3d18 | EncoderKind::Resnet50Slices
+        ) {
+            return Err(invalid(
+                "mri.encoder",
+                format!(
+                    "`{}` is a slide encoder; use resnet3d_18 or resnet50_slices",
+                    mri.encoder.name()
+                ),
+            ));
+        }
+        if mri.output_size.contains(&0) || mri.margin_mm.is_nan() || mri.margin_mm < 0.0 {
+            return Err(invalid(
+                "mri.output_size",
+                "output sizes must be positive and margin_mm non-negative".into(),
+            ));
+        }
+        let [lo, hi] = mri.clip_percentiles;
+        if !(0.0 <= lo && lo < hi && hi <= 100.0) {
+            return Err(invalid(
+                "mri.clip_percentiles",
+                format!("need 0 <= low < high <= 100, got [{lo}, {hi}]"),
             ));
         }
         let level = self.report.ci_level;
@@ -415,6 +499,28 @@ mod tests {
         assert!(e.contains("section.key=value"), "{e}");
         let e = load_str("", &["train.seed=1", "train.seed.deep=1"]).unwrap_err();
         assert!(e.to_string().contains("train.seed"), "{e}");
+    }
+
+    #[test]
+    fn printed_configuration_loads_back_unchanged() {
+        let c = load_str(
+            "",
+            &["mri.encoder=resnet50_slices", "genomics.missing=median"],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blca.yaml");
+        std::fs::write(&path, c.to_yaml()).unwrap();
+        assert_eq!(Config::load(Some(&path), &[]).unwrap(), c);
+        let d = load_str("", &["mri.encoder=resnet3d_18"]).unwrap();
+        assert_eq!(d.mri.encoder, EncoderKind::Resnet3d18);
+        let e = load_str("", &["mri.encoder=resnet50"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`mri.encoder`") && e.contains("slide encoder"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod doctor;
 pub mod encode;
 pub mod genomics;
 pub mod labels;
+pub mod mri;
 pub mod report;
+pub mod shard;
 pub mod survival;
 
 /// Version stamped into every output so readers can refuse mismatched caches.

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
-use hdmoe_pipe::{doctor, genomics, labels, report};
+use hdmoe_pipe::shard::Shard;
+use hdmoe_pipe::{doctor, genomics, labels, mri, report};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
 ///
-/// Stages available in this build: config, cohort, genomics, report, doctor. Every stage reads the
+/// Stages available in this build: config, cohort, genomics, mri, report, doctor. Every stage reads the
 /// dataset's YAML (`--config pipelines/<name>.yaml`); `--set section.key=value` overrides one
 /// value. Keys and defaults: docs/CONFIG.md.
 #[derive(Parser)]
@@ -37,6 +38,9 @@ enum Command {
     /// Group the cohort table's gene columns into the gene families of signatures.csv
     /// (cache/genomics.h5, one row per patient, raw values).
     Genomics(StageCmd),
+    /// Crop each case's MRI sequences around the tumour mask and encode them with a 3-D ResNet
+    /// (cache/mri/<case>.h5, one feature row per sequence).
+    Mri(MriCmd),
     /// C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from predictions.
     Report(ReportCmd),
     /// Show the libtorch this binary uses and whether CUDA devices are visible.
@@ -75,6 +79,19 @@ struct StageCmd {
     /// Redo outputs that already exist, even when made with other parameters.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Args)]
+struct MriCmd {
+    #[command(flatten)]
+    stage: StageCmd,
+    /// Run without `mri.weights`: seeded random encoder weights (from train.seed); the outputs
+    /// are stamped as not pretrained.
+    #[arg(long)]
+    random_weights: bool,
+    /// Handle only shard I of N (cases in name order, every N-th from I), e.g. 0/3.
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    shard: Shard,
 }
 
 #[derive(Args)]
@@ -147,6 +164,25 @@ fn run(cli: Cli) -> Result<()> {
                     result.failed.len(),
                     result.failed.len() + result.patients,
                     config.cache_dir().display()
+                );
+            }
+        }
+        Command::Mri(args) => {
+            let config = args.stage.config.load()?;
+            let result = mri::run(&config, args.stage.force, args.random_weights, args.shard)?;
+            println!(
+                "mri: {} cases encoded, {} kept (same parameters), {} failed; manifest {}",
+                result.done,
+                result.kept,
+                result.failed.len(),
+                result.manifest.display()
+            );
+            if !result.failed.is_empty() {
+                anyhow::bail!(
+                    "mri: {} of {} cases failed (listed in {})",
+                    result.failed.len(),
+                    result.failed.len() + result.done + result.kept,
+                    result.manifest.display()
                 );
             }
         }

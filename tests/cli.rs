@@ -231,7 +231,7 @@ fn genomics_command_writes_the_groups_and_reports_failures() {
 
 #[test]
 fn every_command_has_help() {
-    for command in ["config", "cohort", "genomics", "report", "doctor"] {
+    for command in ["config", "cohort", "genomics", "mri", "report", "doctor"] {
         let out = hdmoe(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hdmoe-pipe"));

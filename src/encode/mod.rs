@@ -40,6 +40,7 @@ pub enum EncoderKind {
     /// The full ResNet-50, average pooled: 2048-d.
     Resnet50,
     /// 3-D ResNet-18 (torchvision `r3d_18`), average pooled: 512-d.
+    #[serde(rename = "resnet3d_18")]
     Resnet3d18,
     /// The full 2-D ResNet-50 over a volume's axial slices, averaged: 2048-d.
     Resnet50Slices,
@@ -112,6 +113,10 @@ impl Encoder {
         weights: Option<&Path>,
         random_seed: u64,
     ) -> Result<Self, EncodeError> {
+        // libtorch's generator is global: hold the lock from seeding to the last initialised
+        // parameter, so encoders built on several threads still get their seed's weights.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if weights.is_none() {
             tch::manual_seed(random_seed as i64);
         }

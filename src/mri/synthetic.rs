@@ -1,0 +1,56 @@
+//! A liver-cancer-layout case built from one real volume, for the demo, tests and benchmarks:
+//! five "sequences" that are intensity transforms of the volume, and a box-shaped tumour mask.
+//! It exercises the layout and the arithmetic; it is not liver MRI.
+
+use std::path::Path;
+
+use super::nifti::{self, Volume};
+
+/// Names of the paper's five sequences, in the pipeline's default order.
+pub const SEQUENCES: [&str; 5] = ["arterial", "delay", "hepatobiliary", "t1", "t2"];
+
+/// Writes `<dir>/<sequence>.nii.gz` for the five sequences and `<dir>/mask.nii.gz`, where the
+/// mask is 1 on `mask_box` = ([x0, y0, z0], [x1, y1, z1]) inclusive.
+pub fn write_case(
+    dir: &Path,
+    source: &Volume,
+    mask_box: ([usize; 3], [usize; 3]),
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let dims = source.shape3();
+    let spacing = source.spacing.map(|s| s as f32);
+    let base = source.volume(0);
+    for (k, sequence) in SEQUENCES.iter().enumerate() {
+        let data: Vec<f32> = base
+            .data
+            .iter()
+            .map(|&v| match k {
+                0 => v,
+                1 => 0.8 * v + 100.0,
+                2 => v.max(0.0).sqrt(),
+                3 => 30000.0 - v,
+                _ => (v / 1000.0).powi(2),
+            })
+            .collect();
+        nifti::write_f32(
+            &dir.join(format!("{sequence}.nii.gz")),
+            dims,
+            spacing,
+            &data,
+        )?;
+    }
+    let (lo, hi) = mask_box;
+    let mut mask = Vec::with_capacity(dims.iter().product());
+    for z in 0..dims[2] {
+        for y in 0..dims[1] {
+            for x in 0..dims[0] {
+                let inside = [x, y, z]
+                    .iter()
+                    .enumerate()
+                    .all(|(a, &v)| lo[a] <= v && v <= hi[a]);
+                mask.push(f32::from(u8::from(inside)));
+            }
+        }
+    }
+    nifti::write_f32(&dir.join("mask.nii.gz"), dims, spacing, &mask)
+}
