@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod encode;
 pub mod genomics;
 pub mod labels;
+pub mod model;
 pub mod mri;
 pub mod report;
 pub mod shard;

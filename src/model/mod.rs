@@ -1,0 +1,502 @@
+//! HDMoE (MODEL_SPEC 2–4) and its unimodal baselines, in libtorch.
+
+pub mod loss;
+pub mod moe;
+pub mod nystrom;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use loss::Distance;
+use moe::{Moe, MoeOutput};
+use nystrom::{Ppeg, TransLayer};
+
+/// Which model `fit` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// HDMoE with two modalities; with one modality, that modality's encoder and a linear head.
+    Hdmoe,
+    /// MCAT's SNN baseline on all genomic features concatenated (genomics only).
+    Snn,
+}
+
+/// What the RFR does at evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RfrEval {
+    /// Fresh random segment counts for every evaluated patient (the released code).
+    Random,
+    /// No recombination at evaluation (s₁ = s₂ = 1): deterministic predictions.
+    Identity,
+}
+
+/// The model's hyperparameters, resolved (see `config::ModelConfig` for the YAML keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    pub dim: i64,
+    pub heads: i64,
+    pub landmarks: i64,
+    pub token_length: i64,
+    pub experts: i64,
+    pub top_k: i64,
+    pub shared_expert: bool,
+    pub renormalise_top_k: bool,
+    pub rfr: bool,
+    pub rfr_eval: RfrEval,
+    pub distance: Distance,
+    pub wsi_dim: i64,
+    pub mri_dim: i64,
+    /// Column counts of the genomic groups.
+    pub genomic_groups: Vec<i64>,
+    /// Modality 1 (genomics or MRI) and modality 2 (WSI), as present.
+    pub modality_1: Option<Modality1>,
+    pub wsi: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modality1 {
+    Genomics,
+    Mri,
+}
+
+/// One patient's inputs.
+#[derive(Debug)]
+pub struct Inputs {
+    /// [N, wsi_dim] patch features of all the patient's slides.
+    pub wsi: Option<Tensor>,
+    /// One vector per genomic group.
+    pub genomics: Option<Vec<Tensor>>,
+    /// [sequences, mri_dim].
+    pub mri: Option<Tensor>,
+}
+
+/// Everything one forward pass yields.
+#[derive(Debug)]
+pub struct Output {
+    pub logits: Tensor,
+    pub hazards: Tensor,
+    pub survival: Tensor,
+    pub risk: Tensor,
+    /// Decoupling loss (0 for unimodal models).
+    pub decoupling: Tensor,
+    /// Σ of the load-balance losses of the three MoEs (0 at evaluation and for unimodal).
+    pub balance: Tensor,
+    /// Chosen experts per MoE (level-1 modality 1, level-1 WSI, level 2): [T, K] each.
+    pub routing: Vec<Tensor>,
+}
+
+/// Linear with xavier-normal weights and zero bias (the release's init for every Linear).
+fn linear(vs: nn::Path, input: i64, output: i64) -> nn::Linear {
+    let std = (2.0 / (input + output) as f64).sqrt();
+    nn::linear(
+        vs,
+        input,
+        output,
+        nn::LinearConfig {
+            ws_init: Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+            bs_init: Some(Init::Const(0.0)),
+            bias: true,
+        },
+    )
+}
+
+fn cls_token(vs: &nn::Path, dim: i64) -> Tensor {
+    vs.var(
+        "cls_token",
+        &[1, 1, dim],
+        Init::Randn {
+            mean: 0.0,
+            stdev: 1e-6,
+        },
+    )
+}
+
+/// TransMIL (`Transformer_P`): square padding with copies of the first tokens, cls, layer,
+/// PPEG, layer, LayerNorm; returns cls [dim].
+#[derive(Debug)]
+struct TransMil {
+    cls: Tensor,
+    layer1: TransLayer,
+    ppeg: Ppeg,
+    layer2: TransLayer,
+    norm: nn::LayerNorm,
+}
+
+impl TransMil {
+    fn new(vs: nn::Path, spec: &ModelSpec) -> Self {
+        Self {
+            cls: cls_token(&vs, spec.dim),
+            layer1: TransLayer::new(&vs / "layer1", spec.dim, spec.heads, spec.landmarks),
+            ppeg: Ppeg::new(&vs / "pos_layer", spec.dim),
+            layer2: TransLayer::new(&vs / "layer2", spec.dim, spec.heads, spec.landmarks),
+            norm: nn::layer_norm(&vs / "norm", vec![spec.dim], Default::default()),
+        }
+    }
+
+    /// tokens: [N, dim].
+    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
+        let n = tokens.size()[0];
+        let side = (n as f64).sqrt().ceil() as i64;
+        let extra = side * side - n;
+        let h = Tensor::cat(&[tokens.shallow_clone(), tokens.narrow(0, 0, extra)], 0).unsqueeze(0);
+        let h = Tensor::cat(&[self.cls.to_kind(h.kind()), h], 1);
+        let h = self.layer1.forward(&h, train);
+        let h = self.ppeg.forward(&h, side);
+        let h = self.layer2.forward(&h, train);
+        h.apply(&self.norm).get(0).get(0)
+    }
+}
+
+/// `Transformer_G`: cls, two layers, LayerNorm; returns cls [dim].
+#[derive(Debug)]
+struct TransG {
+    cls: Tensor,
+    layer1: TransLayer,
+    layer2: TransLayer,
+    norm: nn::LayerNorm,
+}
+
+impl TransG {
+    fn new(vs: nn::Path, spec: &ModelSpec) -> Self {
+        Self {
+            cls: cls_token(&vs, spec.dim),
+            layer1: TransLayer::new(&vs / "layer1", spec.dim, spec.heads, spec.landmarks),
+            layer2: TransLayer::new(&vs / "layer2", spec.dim, spec.heads, spec.landmarks),
+            norm: nn::layer_norm(&vs / "norm", vec![spec.dim], Default::default()),
+        }
+    }
+
+    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
+        let h = Tensor::cat(&[self.cls.to_kind(tokens.kind()), tokens.unsqueeze(0)], 1);
+        let h = self.layer2.forward(&self.layer1.forward(&h, train), train);
+        h.apply(&self.norm).get(0).get(0)
+    }
+}
+
+/// MCAT's SNN block: Linear → ELU → AlphaDropout(0.25).
+#[derive(Debug)]
+struct SnnBlock(nn::Linear);
+
+impl SnnBlock {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        x.apply(&self.0).elu().alpha_dropout(0.25, train)
+    }
+}
+
+#[derive(Debug)]
+enum Encoder1 {
+    Genomics {
+        snns: Vec<(SnnBlock, SnnBlock)>,
+        trans: TransG,
+    },
+    Mri {
+        embed: nn::Linear,
+        trans: TransG,
+    },
+}
+
+impl Encoder1 {
+    fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
+        match self {
+            Encoder1::Genomics { snns, trans } => {
+                let groups = inputs.genomics.as_ref().expect("genomic inputs");
+                let tokens: Vec<Tensor> = snns
+                    .iter()
+                    .zip(groups)
+                    .map(|((a, b), x)| b.forward(&a.forward(x, train), train))
+                    .collect();
+                trans.forward(&Tensor::stack(&tokens, 0), train)
+            }
+            Encoder1::Mri { embed, trans } => {
+                let x = inputs.mri.as_ref().expect("MRI inputs");
+                trans.forward(&x.apply(embed).relu().dropout(0.25, train), train)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WsiEncoder {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    trans: TransMil,
+}
+
+impl WsiEncoder {
+    fn forward(&self, bag: &Tensor, train: bool) -> Tensor {
+        let h = bag.apply(&self.fc1).relu().dropout(0.25, train);
+        let h = h.apply(&self.fc2).relu().dropout(0.25, train);
+        self.trans.forward(&h, train)
+    }
+}
+
+/// The fusion part: two level-1 MoEs, the alignment Linears, the level-2 MoE.
+#[derive(Debug)]
+struct Fusion {
+    moe_1: Moe,
+    moe_wsi: Moe,
+    moe_f: Moe,
+    align_spec: nn::Linear,
+    align_share: nn::Linear,
+}
+
+#[derive(Debug)]
+pub struct Hdmoe {
+    pub spec: ModelSpec,
+    encoder_1: Option<Encoder1>,
+    wsi: Option<WsiEncoder>,
+    snn: Option<(SnnBlock, SnnBlock)>,
+    fusion: Option<Fusion>,
+    head: nn::Linear,
+}
+
+impl Hdmoe {
+    pub fn new(vs: &nn::Path, spec: ModelSpec) -> Self {
+        let d = spec.dim;
+        let snn = |vs: nn::Path, input: i64| {
+            (
+                SnnBlock(linear(&vs / "0", input, 1024)),
+                SnnBlock(linear(&vs / "1", 1024, d)),
+            )
+        };
+        let encoder_1 = match (spec.architecture, spec.modality_1) {
+            (Architecture::Hdmoe, Some(Modality1::Genomics)) => Some(Encoder1::Genomics {
+                snns: spec
+                    .genomic_groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| snn(vs / "genomic" / "snn" / i, n))
+                    .collect(),
+                trans: TransG::new(vs / "genomic" / "trans", &spec),
+            }),
+            (Architecture::Hdmoe, Some(Modality1::Mri)) => Some(Encoder1::Mri {
+                embed: linear(vs / "mri" / "embed", spec.mri_dim, d),
+                trans: TransG::new(vs / "mri" / "trans", &spec),
+            }),
+            _ => None,
+        };
+        let wsi = (spec.architecture == Architecture::Hdmoe && spec.wsi).then(|| WsiEncoder {
+            fc1: linear(vs / "wsi" / "fc1", spec.wsi_dim, d),
+            fc2: linear(vs / "wsi" / "fc2", d, d),
+            trans: TransMil::new(vs / "wsi" / "trans", &spec),
+        });
+        let snn_baseline = (spec.architecture == Architecture::Snn).then(|| {
+            let total: i64 = spec.genomic_groups.iter().sum();
+            (
+                SnnBlock(linear(vs / "snn" / "0", total, d)),
+                SnnBlock(linear(vs / "snn" / "1", d, d)),
+            )
+        });
+        let fused = encoder_1.is_some() && wsi.is_some();
+        let g = spec.token_length;
+        let fusion = fused.then(|| Fusion {
+            moe_1: Moe::new(
+                vs / "moe_1",
+                g,
+                g,
+                spec.experts,
+                spec.top_k,
+                spec.shared_expert,
+                spec.renormalise_top_k,
+            ),
+            moe_wsi: Moe::new(
+                vs / "moe_wsi",
+                g,
+                g,
+                spec.experts,
+                spec.top_k,
+                spec.shared_expert,
+                spec.renormalise_top_k,
+            ),
+            moe_f: Moe::new(
+                vs / "moe_f",
+                g,
+                g / 2,
+                spec.experts,
+                spec.top_k,
+                spec.shared_expert,
+                spec.renormalise_top_k,
+            ),
+            align_spec: linear(vs / "align_spec", 2 * d, 2 * d),
+            align_share: linear(vs / "align_share", 2 * d, 2 * d),
+        });
+        let head_in = if fused { 4 * d } else { d };
+        let head = linear(vs / "classifier", head_in, 4);
+        Self {
+            spec,
+            encoder_1,
+            wsi,
+            snn: snn_baseline,
+            fusion,
+            head,
+        }
+    }
+
+    /// One patient. `segments` = (s₁, s₂) for the two RFR steps (1, 1 = no recombination).
+    pub fn forward(&self, inputs: &Inputs, segments: (i64, i64), train: bool) -> Output {
+        let zero = || Tensor::zeros([], (Kind::Float, self.head.ws.device()));
+        let mut routing = Vec::new();
+        let (z, decoupling, balance) = if let Some(fusion) = &self.fusion {
+            let v1 = self
+                .encoder_1
+                .as_ref()
+                .expect("fused")
+                .forward(inputs, train);
+            let bag = inputs.wsi.as_ref().expect("WSI inputs");
+            let v2 = self.wsi.as_ref().expect("fused").forward(bag, train);
+            let g = self.spec.token_length;
+            let m1 = fusion.moe_1.forward(&v1.view([-1, g]), train);
+            let m2 = fusion.moe_wsi.forward(&v2.view([-1, g]), train);
+            let a_spec = Tensor::cat(&[&m1.routed, &m2.routed], 0).apply(&fusion.align_spec);
+            let a_share = Tensor::cat(&[&m1.shared, &m2.shared], 0).apply(&fusion.align_share);
+            let u = moe::recombine(
+                &[&m1.routed, &m2.routed, &m1.shared, &m2.shared],
+                segments.0,
+            );
+            let mf = fusion.moe_f.forward(&u.view([-1, g]), train);
+            let z = moe::recombine(&[&mf.routed, &mf.shared], segments.1);
+            let decoupling = loss::decoupling(
+                self.spec.distance,
+                &m1.routed,
+                &m1.shared,
+                &m2.routed,
+                &m2.shared,
+                &mf.routed,
+                &mf.shared,
+                &a_spec,
+                &a_share,
+            );
+            let balance = if train {
+                [&m1, &m2, &mf]
+                    .iter()
+                    .map(|m: &&MoeOutput| moe::load_balance(m, self.spec.top_k))
+                    .fold(zero(), |acc, x| acc + x)
+            } else {
+                zero()
+            };
+            for m in [m1, m2, mf] {
+                routing.push(m.chosen);
+            }
+            (z, decoupling, balance)
+        } else if let Some((a, b)) = &self.snn {
+            let groups = inputs.genomics.as_ref().expect("genomic inputs");
+            let x = Tensor::cat(groups, 0);
+            (b.forward(&a.forward(&x, train), train), zero(), zero())
+        } else if let Some(e) = &self.encoder_1 {
+            (e.forward(inputs, train), zero(), zero())
+        } else {
+            let bag = inputs.wsi.as_ref().expect("WSI inputs");
+            (
+                self.wsi
+                    .as_ref()
+                    .expect("a WSI encoder")
+                    .forward(bag, train),
+                zero(),
+                zero(),
+            )
+        };
+        let logits = z.apply(&self.head);
+        let (hazards, survival, risk) = loss::hazards_survival_risk(&logits);
+        Output {
+            logits,
+            hazards,
+            survival,
+            risk,
+            decoupling,
+            balance,
+            routing,
+        }
+    }
+
+    /// The RFR segment counts a forward pass may draw from: (S₁, S₂).
+    pub fn segment_choices(&self) -> (Vec<i64>, Vec<i64>) {
+        if self.fusion.is_none() || !self.spec.rfr {
+            return (vec![1], vec![1]);
+        }
+        (
+            moe::segment_choices(self.spec.dim / 2),
+            moe::segment_choices(self.spec.dim),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec(groups: Vec<i64>, token_length: i64) -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::Hdmoe,
+            dim: 256,
+            heads: 8,
+            landmarks: 128,
+            token_length,
+            experts: 8,
+            top_k: 1,
+            shared_expert: true,
+            renormalise_top_k: false,
+            rfr: true,
+            rfr_eval: RfrEval::Random,
+            distance: Distance::Cos,
+            wsi_dim: 1024,
+            mri_dim: 512,
+            genomic_groups: groups,
+            modality_1: Some(Modality1::Genomics),
+            wsi: true,
+        }
+    }
+
+    fn count(spec: ModelSpec) -> i64 {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _model = Hdmoe::new(&vs.root(), spec);
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+
+    #[test]
+    fn parameter_count_matches_the_specification() {
+        // MODEL_SPEC 9, released configuration (g = 256): BLCA 8,624,164 with the quirk's
+        // groups (sum 3391), LUAD 8,652,836 (sum 3419).
+        assert_eq!(
+            count(spec(vec![94, 334, 521, 468, 1495, 479], 256)),
+            8_624_164
+        );
+        assert_eq!(
+            count(spec(vec![89, 334, 534, 471, 1509, 482], 256)),
+            8_652_836
+        );
+    }
+
+    #[test]
+    fn forward_shapes_for_every_token_length() {
+        tch::manual_seed(0);
+        for g in [32, 64, 128, 256] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let model = Hdmoe::new(&vs.root(), spec(vec![5, 7], g));
+            let inputs = Inputs {
+                wsi: Some(Tensor::randn([10, 1024], (Kind::Float, tch::Device::Cpu))),
+                genomics: Some(vec![
+                    Tensor::randn([5], (Kind::Float, tch::Device::Cpu)),
+                    Tensor::randn([7], (Kind::Float, tch::Device::Cpu)),
+                ]),
+                mri: None,
+            };
+            let (s1, s2) = model.segment_choices();
+            for (a, b) in s1.iter().zip(&s2) {
+                let out = model.forward(&inputs, (*a, *b), true);
+                assert_eq!(out.logits.size(), vec![4], "g = {g}");
+                assert_eq!(out.routing[0].size(), vec![256 / g, 1]);
+                assert_eq!(out.routing[2].size(), vec![1024 / g, 1]);
+                assert!(out.risk.double_value(&[]) < 0.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The mixture of experts and the random feature recombination (MODEL_SPEC 3.1–3.7).
+
+use tch::nn;
+use tch::{Kind, Tensor};
+
+/// Expert FFN: Linear(in→hidden) → ReLU → Dropout(0.1) → Linear(hidden→out) → ReLU.
+#[derive(Debug)]
+struct Expert {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Expert {
+    fn new(vs: nn::Path, input: i64, hidden: i64, output: i64) -> Self {
+        Self {
+            fc1: nn::linear(&vs / "fc1", input, hidden, Default::default()),
+            fc2: nn::linear(&vs / "fc2", hidden, output, Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        x.apply(&self.fc1)
+            .relu()
+            .dropout(0.1, train)
+            .apply(&self.fc2)
+            .relu()
+    }
+}
+
+/// What one MoE returns for a sequence of T tokens.
+#[derive(Debug)]
+pub struct MoeOutput {
+    /// Concatenation over tokens of Σ_{e ∈ topK} s_e · FFN_e(u_t): [T·out].
+    pub routed: Tensor,
+    /// Concatenation over tokens of FFN_shared(u_t): [T·out] (zeros without a shared expert).
+    pub shared: Tensor,
+    /// Router probabilities [T, E].
+    pub probabilities: Tensor,
+    /// Chosen experts [T, K].
+    pub chosen: Tensor,
+}
+
+#[derive(Debug)]
+pub struct Moe {
+    experts: Vec<Expert>,
+    shared: Option<Expert>,
+    router: nn::Linear,
+    top_k: i64,
+    renormalise: bool,
+    output: i64,
+}
+
+impl Moe {
+    pub fn new(
+        vs: nn::Path,
+        input: i64,
+        output: i64,
+        experts: i64,
+        top_k: i64,
+        shared: bool,
+        renormalise: bool,
+    ) -> Self {
+        let hidden = 128;
+        let router_config = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+        Self {
+            experts: (0..experts)
+                .map(|e| Expert::new(&vs / "experts" / e, input, hidden, output))
+                .collect(),
+            shared: shared.then(|| Expert::new(&vs / "shared", input, hidden, output)),
+            router: nn::linear(&vs / "router", input, experts, router_config),
+            top_k,
+            renormalise,
+            output,
+        }
+    }
+
+    /// tokens: [T, input].
+    pub fn forward(&self, tokens: &Tensor, train: bool) -> MoeOutput {
+        let t = tokens.size()[0];
+        let probabilities = tokens
+            .apply(&self.router)
+            .softmax(-1, Kind::Float)
+            .to_kind(tokens.kind());
+        let (top, chosen) = probabilities.topk(self.top_k, -1, true, true);
+        let top = if self.renormalise {
+            &top / top.sum_dim_intlist(-1, true, top.kind())
+        } else {
+            top
+        };
+        // Gate weights [T, E]: the chosen experts' (raw) probabilities, zero elsewhere.
+        let gates = probabilities.zeros_like().scatter(-1, &chosen, &top);
+        // Every expert on every token (T ≤ 16 here, so this costs nothing); unchosen ones get
+        // weight 0 and so no gradient.
+        let outputs = Tensor::stack(
+            &self
+                .experts
+                .iter()
+                .map(|e| e.forward(tokens, train))
+                .collect::<Vec<_>>(),
+            1,
+        ); // [T, E, out]
+        let routed = (outputs * gates.unsqueeze(-1)).sum_dim_intlist(1, false, tokens.kind());
+        let shared = match &self.shared {
+            Some(e) => e.forward(tokens, train),
+            None => Tensor::zeros([t, self.output], (tokens.kind(), tokens.device())),
+        };
+        MoeOutput {
+            routed: routed.flatten(0, -1),
+            shared: shared.flatten(0, -1),
+            probabilities,
+            chosen,
+        }
+    }
+}
+
+/// Switch/DeepSeek load balance for one MoE: Σ_e f_e · P_e with f_e = E/(T·K) · #{tokens
+/// routed to e} and P_e the mean router probability of e.
+pub fn load_balance(out: &MoeOutput, top_k: i64) -> Tensor {
+    let (t, e) = out.probabilities.size2().expect("probabilities are [T, E]");
+    let counts = Tensor::zeros([e], (Kind::Float, out.probabilities.device())).index_add(
+        0,
+        &out.chosen.flatten(0, -1),
+        &Tensor::ones([t * top_k], (Kind::Float, out.probabilities.device())),
+    );
+    let f = counts * (e as f64 / (t * top_k) as f64);
+    let p = out
+        .probabilities
+        .mean_dim(0, false, out.probabilities.kind());
+    let kind = p.kind();
+    (f.to_kind(kind) * p).sum(kind)
+}
+
+/// Random feature recombination: split each of the `vectors` (equal length L) into `segments`
+/// contiguous chunks and emit chunk j of every vector in order, for j = 0, 1, … — a
+/// [V, s, L/s] array with its first two axes swapped, flattened.
+pub fn recombine(vectors: &[&Tensor], segments: i64) -> Tensor {
+    let stacked = Tensor::stack(vectors, 0);
+    let (v, l) = stacked
+        .size2()
+        .expect("RFR vectors are 1-D of equal length");
+    stacked
+        .view([v, segments, l / segments])
+        .transpose(0, 1)
+        .flatten(0, -1)
+}
+
+/// The segment counts RFR draws from: powers of two up to `max` (= vector length / 2 for
+/// RFR-1, vector length / 2 for RFR-2).
+pub fn segment_choices(max: i64) -> Vec<i64> {
+    (0..).map(|k| 1i64 << k).take_while(|&s| s <= max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recombination_is_the_specified_permutation() {
+        // Four vectors of 256 as in RFR-1: element i of vector v lands at position
+        // (i / c) · 4c + v · c + i % c for chunk length c = 256 / s.
+        let vectors: Vec<Tensor> = (0..4)
+            .map(|v| Tensor::arange_start(v * 256, (v + 1) * 256, (Kind::Int64, tch::Device::Cpu)))
+            .collect();
+        let refs: Vec<&Tensor> = vectors.iter().collect();
+        for s in segment_choices(128) {
+            let out: Vec<i64> = Vec::<i64>::try_from(recombine(&refs, s)).unwrap();
+            let c = 256 / s;
+            let mut expected = vec![0i64; 1024];
+            for v in 0..4 {
+                for i in 0..256 {
+                    expected[((i / c) * 4 * c + v * c + i % c) as usize] = v * 256 + i;
+                }
+            }
+            assert_eq!(out, expected, "s = {s}");
+            // A permutation: every element exactly once.
+            let mut sorted = out.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..1024).collect::<Vec<_>>());
+        }
+        assert_eq!(segment_choices(128), vec![1, 2, 4, 8, 16, 32, 64, 128]);
+        assert_eq!(segment_choices(256).len(), 9);
+        // s = 1 leaves the vectors in order.
+        let out: Vec<i64> = Vec::<i64>::try_from(recombine(&refs, 1)).unwrap();
+        assert_eq!(out, (0..1024).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn load_balance_by_hand() {
+        // T = 2 tokens, E = 3, K = 1: token 0 → expert 0 (p = .5, .3, .2), token 1 → expert 2
+        // (p = .1, .2, .7). f = 3/2 · [1, 0, 1]; P = [.3, .25, .45]; L = 1.5 · (.3 + .45) = 1.125.
+        let p = Tensor::from_slice(&[0.5f32, 0.3, 0.2, 0.1, 0.2, 0.7]).view([2, 3]);
+        let out = MoeOutput {
+            routed: Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+            shared: Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+            chosen: p.argmax(-1, true),
+            probabilities: p,
+        };
+        assert!((load_balance(&out, 1).double_value(&[]) - 1.125).abs() < 1e-6);
+        // One token: 8 · max probability (MODEL_SPEC 4.3).
+        let p = Tensor::from_slice(&[0.05f32, 0.05, 0.1, 0.3, 0.2, 0.1, 0.1, 0.1]).view([1, 8]);
+        let out = MoeOutput {
+            chosen: p.argmax(-1, true),
+            probabilities: p,
+            ..out
+        };
+        assert!((load_balance(&out, 1).double_value(&[]) - 8.0 * 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn routed_output_is_the_raw_top1_probability_times_the_expert() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let moe = Moe::new(vs.root(), 8, 4, 3, 1, true, false);
+        let tokens = Tensor::randn([2, 8], (Kind::Float, tch::Device::Cpu));
+        let out = moe.forward(&tokens, false);
+        assert_eq!(out.routed.size(), vec![8]);
+        assert_eq!(out.shared.size(), vec![8]);
+        for t in 0..2 {
+            let e = out.chosen.int64_value(&[t, 0]);
+            let p = out.probabilities.double_value(&[t, e]);
+            let direct = moe.experts[e as usize].forward(&tokens.get(t), false) * p;
+            let got = out.routed.narrow(0, 4 * t, 4);
+            assert!((got - direct).abs().max().double_value(&[]) < 1e-6);
+        }
+    }
+}
