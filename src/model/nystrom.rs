@@ -158,7 +158,7 @@ impl Ppeg {
             .reshape([b, dim, side, side]);
         let mut out = map.shallow_clone();
         for conv in &self.convs {
-            out = out + map.apply(conv);
+            out += map.apply(conv);
         }
         let tokens = out.flatten(2, -1).transpose(1, 2);
         Tensor::cat(&[cls, tokens], 1)
