@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
 use crate::encode::EncoderKind;
+use crate::model::loss::Distance;
+use crate::model::{Architecture, RfrEval};
 use crate::survival::RiskSplitRule;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,7 @@ pub struct Config {
     pub paths: PathsConfig,
     pub genomics: GenomicsConfig,
     pub mri: MriConfig,
+    pub model: ModelConfig,
     pub train: TrainConfig,
     pub report: ReportConfig,
 }
@@ -89,6 +92,9 @@ pub struct PathsConfig {
     pub cache: Option<PathBuf>,
     /// Default `runs/<dataset.name>`.
     pub runs: Option<PathBuf>,
+    /// Patch features, one `<slide>.h5` per slide (CLAM's `h5_files/` layout; CLAM or TRIDENT
+    /// folders work as they are). Default `<cache>/features`.
+    pub features: Option<PathBuf>,
 }
 
 /// What to do with a blank or non-numeric gene value.
@@ -171,6 +177,86 @@ impl Default for MriConfig {
     }
 }
 
+/// `paper` (token length 64, the paper's best) or `release` (token length 256, the released
+/// code's structure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPreset {
+    Paper,
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub preset: ModelPreset,
+    pub architecture: Architecture,
+    /// Token length g (null: 64 for `paper`, 256 for `release`); g = dim removes the
+    /// fine-grained tokens (one token per modality).
+    pub token_length: Option<i64>,
+    pub dim: i64,
+    pub heads: i64,
+    /// Nyström landmarks (null: dim / 2).
+    pub landmarks: Option<i64>,
+    pub experts: i64,
+    pub top_k: i64,
+    pub shared_expert: bool,
+    /// Renormalise the top-k router weights to sum to 1 (the release does not).
+    pub renormalise_top_k: bool,
+    /// Random feature recombination on (off: s₁ = s₂ = 1 always).
+    pub rfr: bool,
+    pub rfr_eval: RfrEval,
+    pub lambda_decouple: f64,
+    pub lambda_balance: f64,
+    pub dm: Distance,
+    /// Keep at most this many patches per patient bag (sampled without replacement, seeded).
+    pub max_patches: Option<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            preset: ModelPreset::Paper,
+            architecture: Architecture::Hdmoe,
+            token_length: None,
+            dim: 256,
+            heads: 8,
+            landmarks: None,
+            experts: 8,
+            top_k: 1,
+            shared_expert: true,
+            renormalise_top_k: false,
+            rfr: true,
+            rfr_eval: RfrEval::Random,
+            lambda_decouple: 1.0,
+            lambda_balance: 0.01,
+            dm: Distance::Cos,
+            max_patches: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn resolved_token_length(&self) -> i64 {
+        self.token_length.unwrap_or(match self.preset {
+            ModelPreset::Paper => 64,
+            ModelPreset::Release => 256,
+        })
+    }
+}
+
+/// Which epoch's predictions are the headline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The last epoch (never looks at the reported fold).
+    Last,
+    /// The epoch with the best C-index on the reported fold (the paper's protocol; optimistic).
+    Best,
+    /// The epoch with the best C-index on a stratified slice held out of the training split.
+    Nested,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -178,6 +264,19 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Which folds (split files) to use.
     pub folds: Vec<usize>,
+    pub epochs: usize,
+    pub lr: f64,
+    /// Coupled L2 (Adam's weight_decay, not AdamW).
+    pub weight_decay: f64,
+    /// Samples per optimiser step (1 = a step after every patient, as the release).
+    pub accumulate: usize,
+    pub selection: Selection,
+    /// Fraction of each training split held out for `selection: nested`.
+    pub nested_fraction: f64,
+    /// Class-balanced sampling with replacement over the 8 (bin × censorship) classes.
+    pub weighted_sampling: bool,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
 }
 
 impl Default for TrainConfig {
@@ -185,6 +284,14 @@ impl Default for TrainConfig {
         Self {
             seed: 1,
             folds: vec![0, 1, 2, 3, 4],
+            epochs: 30,
+            lr: 5e-4,
+            weight_decay: 1e-5,
+            accumulate: 1,
+            selection: Selection::Last,
+            nested_fraction: 0.2,
+            weighted_sampling: true,
+            device: "auto".into(),
         }
     }
 }
@@ -324,6 +431,32 @@ impl Config {
             return Err(invalid(
                 "mri.clip_percentiles",
                 format!("need 0 <= low < high <= 100, got [{lo}, {hi}]"),
+            ));
+        }
+        let m = &self.model;
+        let g = m.resolved_token_length();
+        if g <= 1 || g % 2 != 0 || m.dim % g != 0 || m.dim % m.heads != 0 {
+            return Err(invalid(
+                "model.token_length",
+                format!("token length {g} must be even and divide model.dim ({}), and heads must divide dim", m.dim),
+            ));
+        }
+        if m.top_k < 1 || m.top_k > m.experts {
+            return Err(invalid(
+                "model.top_k",
+                format!("must be in 1..=experts ({})", m.experts),
+            ));
+        }
+        if self.train.accumulate == 0 || self.train.epochs == 0 {
+            return Err(invalid(
+                "train.epochs",
+                "epochs and accumulate must be at least 1".into(),
+            ));
+        }
+        if !(self.train.nested_fraction > 0.0 && self.train.nested_fraction < 0.5) {
+            return Err(invalid(
+                "train.nested_fraction",
+                "must lie in (0, 0.5)".into(),
             ));
         }
         let level = self.report.ci_level;

@@ -15,6 +15,7 @@ pub mod mri;
 pub mod report;
 pub mod shard;
 pub mod survival;
+pub mod train;
 
 /// Version stamped into every output so readers can refuse mismatched caches.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

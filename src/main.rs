@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::shard::Shard;
-use hdmoe_pipe::{doctor, genomics, labels, mri, report};
+use hdmoe_pipe::{doctor, genomics, labels, mri, report, train};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
 ///
-/// Stages available in this build: config, cohort, genomics, mri, report, doctor. Every stage reads the
+/// Stages available in this build: config, cohort, genomics, mri, fit, report, doctor. Every stage reads the
 /// dataset's YAML (`--config pipelines/<name>.yaml`); `--set section.key=value` overrides one
 /// value. Keys and defaults: docs/CONFIG.md.
 #[derive(Parser)]
@@ -41,6 +41,9 @@ enum Command {
     /// Crop each case's MRI sequences around the tumour mask and encode them with a 3-D ResNet
     /// (cache/mri/<case>.h5, one feature row per sequence).
     Mri(MriCmd),
+    /// Train HDMoE (or a unimodal baseline) fold by fold on the cached features; writes
+    /// runs/<name>/{fold_<k>/…, predictions.csv, summary.csv}. Resumes an interrupted fit.
+    Fit(StageCmd),
     /// C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from predictions.
     Report(ReportCmd),
     /// Show the libtorch this binary uses and whether CUDA devices are visible.
@@ -185,6 +188,25 @@ fn run(cli: Cli) -> Result<()> {
                     result.manifest.display()
                 );
             }
+        }
+        Command::Fit(args) => {
+            let config = args.config.load()?;
+            let result = train::run(&config, args.force)?;
+            println!("fold  n_train  n_val  c_index_last  c_index_best (epoch; paper protocol)");
+            for f in &result.folds {
+                println!(
+                    "{:>4}  {:>7}  {:>5}  {:>12.4}  {:>12.4} ({})",
+                    f.fold, f.n_train, f.n_val, f.c_last, f.c_best, f.best_epoch
+                );
+            }
+            let stats = |pick: fn(&train::FoldResult) -> f64| {
+                let v: Vec<f64> = result.folds.iter().map(pick).collect();
+                report::tables::mean_std(&v).unwrap_or((f64::NAN, f64::NAN))
+            };
+            let (lm, ls) = stats(|f| f.c_last);
+            let (bm, bs) = stats(|f| f.c_best);
+            println!("last epoch {lm:.4} ± {ls:.4}; best epoch (optimistic) {bm:.4} ± {bs:.4}");
+            println!("run: {}", result.run_dir.display());
         }
         Command::Report(args) => {
             let config = args.config.load()?;

@@ -2,7 +2,7 @@
 //! push/pull pairs, and (in moe.rs) the load balance.
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// MCAT's NLL with α = 0: −(1−c)[log S_{y−1} + log h_y] − c·log S_y, S_{−1} = 1, each term
 /// clamped at 1e-7 before the log.
@@ -85,7 +85,7 @@ pub fn decoupling(
 pub fn hazards_survival_risk(logits: &Tensor) -> (Tensor, Tensor, Tensor) {
     let hazards = logits.sigmoid();
     let survival = hazards.neg().g_add_scalar(1.0).cumprod(-1, logits.kind());
-    let risk = -survival.sum(Kind::Float);
+    let risk = -survival.sum(logits.kind());
     (hazards, survival, risk)
 }
 

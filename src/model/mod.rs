@@ -6,7 +6,7 @@ pub mod nystrom;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use loss::Distance;
 use moe::{Moe, MoeOutput};
@@ -340,7 +340,7 @@ impl Hdmoe {
 
     /// One patient. `segments` = (s₁, s₂) for the two RFR steps (1, 1 = no recombination).
     pub fn forward(&self, inputs: &Inputs, segments: (i64, i64), train: bool) -> Output {
-        let zero = || Tensor::zeros([], (Kind::Float, self.head.ws.device()));
+        let zero = || Tensor::zeros([], (self.head.ws.kind(), self.head.ws.device()));
         let mut routing = Vec::new();
         let (z, decoupling, balance) = if let Some(fusion) = &self.fusion {
             let v1 = self
@@ -429,6 +429,7 @@ impl Hdmoe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     pub(crate) fn spec(groups: Vec<i64>, token_length: i64) -> ModelSpec {
         ModelSpec {
@@ -498,5 +499,66 @@ mod tests {
                 assert!(out.risk.double_value(&[]) < 0.0);
             }
         }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        tch::manual_seed(5);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let mut small = spec(vec![3, 2], 8);
+        small.dim = 16;
+        small.heads = 2;
+        small.landmarks = 4;
+        small.experts = 3;
+        small.wsi_dim = 6;
+        let mut vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = Hdmoe::new(&vs.root(), small);
+        vs.double();
+        let inputs = Inputs {
+            wsi: Some(Tensor::randn([5, 6], opts)),
+            genomics: Some(vec![Tensor::randn([3], opts), Tensor::randn([2], opts)]),
+            mri: None,
+        };
+        let loss = || {
+            let out = model.forward(&inputs, (2, 4), false);
+            loss::nll_survival(&out.hazards, &out.survival, 1, false) + out.decoupling
+        };
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let params: Vec<Tensor> = variables.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let grads = Tensor::run_backward(&[loss()], &params, false, false);
+        let mut checked = 0;
+        for ((name, p), g) in variables.iter().zip(&grads) {
+            if !g.defined() || checked >= 40 {
+                continue;
+            }
+            // The first and a middle element of every parameter that received a gradient.
+            let flat = p.flatten(0, -1);
+            let n = flat.size()[0];
+            for k in [0, n / 2] {
+                // Step relative to the element: the cls tokens start at N(0, 1e-6).
+                let h = 1e-6 * flat.double_value(&[k]).abs().max(1e-3);
+                let bump = |delta: f64| {
+                    tch::no_grad(|| {
+                        let f = flat.shallow_clone();
+                        let _ = f.get(k).g_add_scalar_(delta);
+                    })
+                };
+                bump(h);
+                let up = loss().double_value(&[]);
+                bump(-2.0 * h);
+                let down = loss().double_value(&[]);
+                bump(h);
+                let numeric = (up - down) / (2.0 * h);
+                let analytic = g.flatten(0, -1).double_value(&[k]);
+                let tolerance = 1e-5 * (1.0 + numeric.abs());
+                assert!(
+                    (numeric - analytic).abs() < tolerance,
+                    "{name}[{k}]: numeric {numeric}, autograd {analytic}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} elements checked");
     }
 }

@@ -1,7 +1,7 @@
 //! The mixture of experts and the random feature recombination (MODEL_SPEC 3.1–3.7).
 
 use tch::nn;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Expert FFN: Linear(in→hidden) → ReLU → Dropout(0.1) → Linear(hidden→out) → ReLU.
 #[derive(Debug)]
@@ -80,29 +80,31 @@ impl Moe {
     /// tokens: [T, input].
     pub fn forward(&self, tokens: &Tensor, train: bool) -> MoeOutput {
         let t = tokens.size()[0];
-        let probabilities = tokens
-            .apply(&self.router)
-            .softmax(-1, Kind::Float)
-            .to_kind(tokens.kind());
+        let probabilities = tokens.apply(&self.router).softmax(-1, tokens.kind());
         let (top, chosen) = probabilities.topk(self.top_k, -1, true, true);
         let top = if self.renormalise {
             &top / top.sum_dim_intlist(-1, true, top.kind())
         } else {
             top
         };
-        // Gate weights [T, E]: the chosen experts' (raw) probabilities, zero elsewhere.
-        let gates = probabilities.zeros_like().scatter(-1, &chosen, &top);
-        // Every expert on every token (T ≤ 16 here, so this costs nothing); unchosen ones get
-        // weight 0 and so no gradient.
-        let outputs = Tensor::stack(
-            &self
-                .experts
-                .iter()
-                .map(|e| e.forward(tokens, train))
-                .collect::<Vec<_>>(),
-            1,
-        ); // [T, E, out]
-        let routed = (outputs * gates.unsqueeze(-1)).sum_dim_intlist(1, false, tokens.kind());
+        // Sparse dispatch: each expert runs on the tokens routed to it, so unchosen experts are
+        // not in the graph and get no gradient (and no Adam step), as in the reference.
+        let chosen_list = Vec::<i64>::try_from(chosen.flatten(0, -1)).unwrap_or_default();
+        let weights = top.flatten(0, -1);
+        let mut routed = Tensor::zeros([t, self.output], (tokens.kind(), tokens.device()));
+        for (e, expert) in self.experts.iter().enumerate() {
+            let slots: Vec<i64> = (0..chosen_list.len() as i64)
+                .filter(|&k| chosen_list[k as usize] == e as i64)
+                .collect();
+            if slots.is_empty() {
+                continue;
+            }
+            let slots = Tensor::from_slice(&slots).to_device(tokens.device());
+            let rows = slots.divide_scalar_mode(self.top_k, "floor");
+            let y = expert.forward(&tokens.index_select(0, &rows), train)
+                * weights.index_select(0, &slots).unsqueeze(-1);
+            routed = routed.index_add(0, &rows, &y);
+        }
         let shared = match &self.shared {
             Some(e) => e.forward(tokens, train),
             None => Tensor::zeros([t, self.output], (tokens.kind(), tokens.device())),
@@ -120,10 +122,11 @@ impl Moe {
 /// routed to e} and P_e the mean router probability of e.
 pub fn load_balance(out: &MoeOutput, top_k: i64) -> Tensor {
     let (t, e) = out.probabilities.size2().expect("probabilities are [T, E]");
-    let counts = Tensor::zeros([e], (Kind::Float, out.probabilities.device())).index_add(
+    let kind = out.probabilities.kind();
+    let counts = Tensor::zeros([e], (kind, out.probabilities.device())).index_add(
         0,
         &out.chosen.flatten(0, -1),
-        &Tensor::ones([t * top_k], (Kind::Float, out.probabilities.device())),
+        &Tensor::ones([t * top_k], (kind, out.probabilities.device())),
     );
     let f = counts * (e as f64 / (t * top_k) as f64);
     let p = out
@@ -156,6 +159,7 @@ pub fn segment_choices(max: i64) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn recombination_is_the_specified_permutation() {

@@ -4,14 +4,14 @@
 //! values, and the last n positions kept. TransLayer = x + attention(LayerNorm(x)).
 
 use tch::nn;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// The iterative Moore–Penrose pseudo-inverse of a batch of square matrices (…, m, m).
 /// The initial scale uses the maxima over the whole batch, as the reference does.
 pub fn iterative_pinv(x: &Tensor, iterations: usize) -> Tensor {
     let abs = x.abs();
-    let col = abs.sum_dim_intlist(-1, false, Kind::Float).max();
-    let row = abs.sum_dim_intlist(-2, false, Kind::Float).max();
+    let col = abs.sum_dim_intlist(-1, false, x.kind()).max();
+    let row = abs.sum_dim_intlist(-2, false, x.kind()).max();
     let mut z = x.transpose(-1, -2) / (col * row);
     let m = x.size()[x.dim() - 1];
     let eye = Tensor::eye(m, (x.kind(), x.device()));
@@ -156,10 +156,11 @@ impl Ppeg {
             .narrow(1, 1, side * side)
             .transpose(1, 2)
             .reshape([b, dim, side, side]);
-        let mut out = map.shallow_clone();
-        for conv in &self.convs {
-            out += map.apply(conv);
-        }
+        // Out of place: `map` is saved by the convolutions for their backward pass.
+        let out = self
+            .convs
+            .iter()
+            .fold(map.shallow_clone(), |acc, conv| acc + map.apply(conv));
         let tokens = out.flatten(2, -1).transpose(1, 2);
         Tensor::cat(&[cls, tokens], 1)
     }
@@ -168,6 +169,7 @@ impl Ppeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn iterative_pinv_approaches_the_exact_pseudo_inverse() {

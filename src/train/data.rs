@@ -1,0 +1,314 @@
+//! What `fit` trains on: the cohort's labels and each patient's modalities from the cache.
+//! Genomic groups are held in memory (standardised per fold on its training patients); WSI
+//! bags are read from the per-slide HDF5 files when needed, so any cohort fits in memory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use rand::seq::index::sample;
+use rand_chacha::ChaCha8Rng;
+use tch::Tensor;
+
+use crate::cache;
+use crate::cohort::Cohort;
+use crate::config::{Config, Modality};
+use crate::model::Inputs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, message: impl ToString) -> DataError {
+    DataError::File {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// Raw genomic groups: one matrix [patients, columns] per group, rows by case id.
+pub struct Genomics {
+    pub rows: HashMap<String, usize>,
+    pub groups: Vec<Array2<f64>>,
+}
+
+impl Genomics {
+    pub fn read(path: &Path) -> Result<Self, DataError> {
+        let e = |x: hdf5::Error| file_error(path, format!("{x} (run `hdmoe-pipe genomics` first)"));
+        let file = hdf5::File::open(path).map_err(e)?;
+        let ids: Vec<String> = file
+            .dataset("case_ids")
+            .and_then(|d| d.read_raw::<hdf5::types::VarLenUnicode>())
+            .map_err(e)?
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let names = cache::read_str_list_attr(&file, "group_names").map_err(e)?;
+        let groups = names
+            .iter()
+            .map(|n| file.dataset(n).and_then(|d| d.read_2d::<f64>()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e)?;
+        Ok(Self {
+            rows: ids.into_iter().enumerate().map(|(i, id)| (id, i)).collect(),
+            groups,
+        })
+    }
+}
+
+/// Per-group column means and standard deviations (ddof 0; 0 → 1) of the training patients.
+pub struct Scaler {
+    pub mean: Vec<Vec<f64>>,
+    pub std: Vec<Vec<f64>>,
+}
+
+impl Scaler {
+    pub fn fit(genomics: &Genomics, rows: &[usize]) -> Self {
+        let mut mean = Vec::new();
+        let mut std = Vec::new();
+        for group in &genomics.groups {
+            let cols = group.ncols();
+            let n = rows.len().max(1) as f64;
+            let mut m = vec![0.0; cols];
+            let mut s = vec![0.0; cols];
+            for &r in rows {
+                for c in 0..cols {
+                    m[c] += group[[r, c]] / n;
+                }
+            }
+            for &r in rows {
+                for c in 0..cols {
+                    s[c] += (group[[r, c]] - m[c]).powi(2) / n;
+                }
+            }
+            let s: Vec<f64> = s
+                .into_iter()
+                .map(|v| if v > 0.0 { v.sqrt() } else { 1.0 })
+                .collect();
+            mean.push(m);
+            std.push(s);
+        }
+        Self { mean, std }
+    }
+}
+
+/// The cohort with, for each patient, where each modality comes from.
+pub struct Dataset {
+    pub cohort: Cohort,
+    pub genomics: Option<Genomics>,
+    /// Per patient: the slide feature files found.
+    pub slides: Option<Vec<Vec<PathBuf>>>,
+    /// Per patient: the MRI feature file, when present.
+    pub mri: Option<Vec<Option<PathBuf>>>,
+    /// Per patient: why it cannot be used (None = usable).
+    pub missing: Vec<Option<String>>,
+    pub wsi_dim: i64,
+    pub mri_dim: i64,
+}
+
+/// Slide ids name files without their extension (`….svs` → `….h5`).
+fn slide_stem(slide_id: &str) -> &str {
+    for ext in [
+        ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif",
+    ] {
+        if let Some(stem) = slide_id.strip_suffix(ext) {
+            return stem;
+        }
+    }
+    slide_id
+}
+
+fn feature_width(path: &Path, dataset: &str) -> Result<i64, DataError> {
+    let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
+    let shape = file
+        .dataset(dataset)
+        .map_err(|e| file_error(path, e))?
+        .shape();
+    match shape.as_slice() {
+        [_, d] => Ok(*d as i64),
+        other => Err(file_error(
+            path,
+            format!("`{dataset}` has shape {other:?}, expected [N, D]"),
+        )),
+    }
+}
+
+impl Dataset {
+    pub fn load(config: &Config) -> Result<Self, DataError> {
+        let cohort_path =
+            config.paths.cohort.as_deref().ok_or_else(|| {
+                DataError::Config("configuration: `paths.cohort` is not set".into())
+            })?;
+        let cohort = Cohort::read(cohort_path).map_err(|e| DataError::Config(e.to_string()))?;
+        let modalities = &config.dataset.modalities;
+        let cache_dir = config.cache_dir();
+        let mut missing: Vec<Option<String>> = vec![None; cohort.len()];
+        let mut note = |i: usize, why: String| {
+            missing[i].get_or_insert(why);
+        };
+
+        let genomics = if modalities.contains(&Modality::Genomics) {
+            let g = Genomics::read(&cache_dir.join(crate::genomics::OUTPUT))?;
+            for (i, p) in cohort.patients.iter().enumerate() {
+                if !g.rows.contains_key(&p.case_id) {
+                    note(i, "no row in genomics.h5".into());
+                }
+            }
+            Some(g)
+        } else {
+            None
+        };
+
+        let mut wsi_dim = 0;
+        let slides = if modalities.contains(&Modality::Wsi) {
+            let dir = config
+                .paths
+                .features
+                .clone()
+                .unwrap_or_else(|| cache_dir.join("features"));
+            let mut all = Vec::new();
+            for (i, p) in cohort.patients.iter().enumerate() {
+                let files: Vec<PathBuf> = p
+                    .slide_ids
+                    .iter()
+                    .map(|s| dir.join(format!("{}.h5", slide_stem(s))))
+                    .filter(|f| f.is_file())
+                    .collect();
+                if files.is_empty() {
+                    note(i, format!("no slide features in {}", dir.display()));
+                } else if wsi_dim == 0 {
+                    wsi_dim = feature_width(&files[0], "features")?;
+                }
+                all.push(files);
+            }
+            Some(all)
+        } else {
+            None
+        };
+
+        let mut mri_dim = 0;
+        let mri = if modalities.contains(&Modality::Mri) {
+            let dir = cache_dir.join("mri");
+            let mut all = Vec::new();
+            for (i, p) in cohort.patients.iter().enumerate() {
+                let f = dir.join(format!("{}.h5", p.case_id));
+                if f.is_file() {
+                    if mri_dim == 0 {
+                        mri_dim = feature_width(&f, "features")?;
+                    }
+                    all.push(Some(f));
+                } else {
+                    note(i, format!("no MRI features {}", f.display()));
+                    all.push(None);
+                }
+            }
+            Some(all)
+        } else {
+            None
+        };
+        Ok(Self {
+            cohort,
+            genomics,
+            slides,
+            mri,
+            missing,
+            wsi_dim,
+            mri_dim,
+        })
+    }
+
+    pub fn group_sizes(&self) -> Vec<i64> {
+        self.genomics
+            .as_ref()
+            .map(|g| g.groups.iter().map(|m| m.ncols() as i64).collect())
+            .unwrap_or_default()
+    }
+
+    /// Rows of genomics.h5 for cohort positions.
+    pub fn genomic_rows(&self, patients: &[usize]) -> Vec<usize> {
+        match &self.genomics {
+            Some(g) => patients
+                .iter()
+                .filter_map(|&i| g.rows.get(&self.cohort.patients[i].case_id).copied())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// One patient's model inputs. `rng` subsamples bags larger than `max_patches`.
+    pub fn inputs(
+        &self,
+        patient: usize,
+        scaler: Option<&Scaler>,
+        max_patches: Option<usize>,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Inputs, DataError> {
+        let case = &self.cohort.patients[patient].case_id;
+        let genomics = match (&self.genomics, scaler) {
+            (Some(g), Some(s)) => {
+                let row = g.rows[case];
+                Some(
+                    g.groups
+                        .iter()
+                        .enumerate()
+                        .map(|(k, m)| {
+                            let v: Vec<f32> = (0..m.ncols())
+                                .map(|c| ((m[[row, c]] - s.mean[k][c]) / s.std[k][c]) as f32)
+                                .collect();
+                            Tensor::from_slice(&v)
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        let wsi = match &self.slides {
+            Some(all) => {
+                let mut parts = Vec::new();
+                for path in &all[patient] {
+                    let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
+                    let x = file
+                        .dataset("features")
+                        .and_then(|d| d.read_2d::<f32>())
+                        .map_err(|e| file_error(path, e))?;
+                    let (n, d) = x.dim();
+                    let data: Vec<f32> = x.into_iter().collect();
+                    parts.push(Tensor::from_slice(&data).view([n as i64, d as i64]));
+                }
+                let bag = Tensor::cat(&parts, 0);
+                let n = bag.size()[0] as usize;
+                Some(match max_patches {
+                    Some(k) if n > k => {
+                        let mut keep: Vec<i64> =
+                            sample(rng, n, k).into_iter().map(|i| i as i64).collect();
+                        keep.sort_unstable();
+                        bag.index_select(0, &Tensor::from_slice(&keep))
+                    }
+                    _ => bag,
+                })
+            }
+            None => None,
+        };
+        let mri = match &self.mri {
+            Some(all) => {
+                let path = all[patient]
+                    .as_ref()
+                    .ok_or_else(|| DataError::Config(format!("case {case}: no MRI features")))?;
+                let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
+                let x = file
+                    .dataset("features")
+                    .and_then(|d| d.read_2d::<f32>())
+                    .map_err(|e| file_error(path, e))?;
+                let (n, d) = x.dim();
+                let data: Vec<f32> = x.into_iter().collect();
+                Some(Tensor::from_slice(&data).view([n as i64, d as i64]))
+            }
+            None => None,
+        };
+        Ok(Inputs { wsi, genomics, mri })
+    }
+}
