@@ -12,7 +12,7 @@ STAMP := $(VENV)/.hdmoe-setup-stamp
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/hdmoe-pipe
 RUN_DIR := runs/$(DATASET)
 
-.PHONY: all setup build test bench clean
+.PHONY: all setup build test bench bench-tcga clean
 
 # Idempotent: reruns only when the set-up script changes or the environment is gone.
 setup: $(STAMP)
@@ -23,20 +23,18 @@ $(STAMP): scripts/setup.sh
 build: setup
 	$(CARGO) build
 
-# Until the tile, features, mri and fit stages land, `all` runs the stages that exist: the
-# resolved configuration, the cohort check (labels, time bins, splits), the genomic groups and,
-# for the demo, the report stage on real predictions of a clinical score (README, "What works
-# today").
-DEMO_PREDICTIONS := fixtures/demo/gbsg2_pnodes_predictions.csv
-
+# Until the tile and features stages land, `all` runs the stages that exist on the dataset's
+# configuration: the resolved configuration, the cohort check (labels, time bins, splits), the
+# genomic groups, training (genomics-only for the demo) and the report.
 all: build
 	$(BIN) config --config pipelines/$(DATASET).yaml
 	mkdir -p $(RUN_DIR)
 	$(BIN) cohort --config pipelines/$(DATASET).yaml --labels-out $(RUN_DIR)/labels.csv
 	$(BIN) genomics --config pipelines/$(DATASET).yaml
-	$(if $(filter demo,$(DATASET)),$(BIN) report --config pipelines/$(DATASET).yaml \
-	  --predictions $(DEMO_PREDICTIONS) --out $(RUN_DIR)/report)
-	@echo "outputs: $(RUN_DIR)/"
+	$(BIN) fit --config pipelines/$(DATASET).yaml
+	$(BIN) report --config pipelines/$(DATASET).yaml --predictions $(RUN_DIR)/predictions.csv \
+	  --out $(RUN_DIR)/report
+	@echo "report: $(RUN_DIR)/report/report.md"
 
 test: setup
 	$(CARGO) test
@@ -45,6 +43,15 @@ test: setup
 
 bench: setup
 	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri
+
+# Genomics-only HDMoE and the SNN baseline on the real TCGA tables (needs ../shared/data/tcga;
+# about an hour for BLCA HDMoE on 2 CPU cores). EPOCHS=30 is the paper's schedule.
+EPOCHS ?= 30
+bench-tcga: build
+	@echo "| study | model | epochs | last-epoch C-index | best-epoch C-index (optimistic) | paper | s/epoch |"
+	@echo "|---|---|---:|---|---|---:|---:|"
+	@for job in "blca snn" "brca snn" "blca hdmoe" "brca hdmoe"; do \
+	  scripts/bench_tcga.sh $(BIN) ../shared/data/tcga $$job $(EPOCHS); done
 
 clean:
 	rm -rf target runs cache
