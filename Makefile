@@ -42,7 +42,8 @@ test: setup
 	$(CARGO) clippy --all-targets -- -D warnings
 
 bench: setup
-	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri
+	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit
+	$(VENV)/bin/python scripts/bench_fit_pytorch.py
 
 # Genomics-only HDMoE and the SNN baseline on the real TCGA tables (needs ../shared/data/tcga;
 # about an hour for BLCA HDMoE on 2 CPU cores). EPOCHS=30 is the paper's schedule.

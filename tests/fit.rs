@@ -274,3 +274,39 @@ fn fused_model_writes_every_output_and_resumes_exactly_after_a_kill() {
     );
     assert_eq!(read(&second.join("fold_0/history.csv")).lines().count(), 6);
 }
+
+#[test]
+fn wsi_plus_mri_and_mri_alone_train() {
+    let _one = ONE_FIT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic(&dir.path().join("mri"), 30, false, true);
+    // Five sequences × 8-d MRI features per case, as the mri stage writes them.
+    let mri_dir = data.dir.join("cache/mri");
+    std::fs::create_dir_all(&mri_dir).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for i in 0..30 {
+        let x = ndarray::Array2::<f32>::from_shape_fn((5, 8), |_| rng.random::<f32>());
+        let file = hdf5::File::create(mri_dir.join(format!("P{i:03}.h5"))).unwrap();
+        file.new_dataset_builder()
+            .with_data(&x)
+            .create("features")
+            .unwrap();
+    }
+    for modalities in ["dataset.modalities=[wsi, mri]", "dataset.modalities=[mri]"] {
+        let report = train::run(&data.config(&[modalities, "train.epochs=2"]), true).unwrap();
+        assert_eq!(report.folds.len(), 2, "{modalities}");
+        assert!(
+            report.folds.iter().all(|f| f.c_last.is_finite()),
+            "{modalities}"
+        );
+    }
+    // A patient without MRI features is left out and listed.
+    std::fs::remove_file(mri_dir.join("P007.h5")).unwrap();
+    let report = train::run(
+        &data.config(&["dataset.modalities=[mri]", "train.epochs=1"]),
+        true,
+    )
+    .unwrap();
+    assert_eq!(report.excluded.len(), 1);
+    assert!(read(&data.dir.join("runs/excluded.csv")).contains("P007"));
+}

@@ -39,15 +39,24 @@ impl Adam {
                 }
                 self.steps[i] += 1;
                 let t = self.steps[i] as i32;
-                let g = g + p * self.weight_decay;
-                self.m[i] = &self.m[i] * self.beta1 + &g * (1.0 - self.beta1);
-                self.v[i] = &self.v[i] * self.beta2 + g.square() * (1.0 - self.beta2);
+                // In place, in torch's order of operations.
+                let g = if self.weight_decay != 0.0 {
+                    g + p * self.weight_decay
+                } else {
+                    g.shallow_clone()
+                };
+                let _ = self.m[i]
+                    .g_mul_scalar_(self.beta1)
+                    .g_add_(&(&g * (1.0 - self.beta1)));
+                let _ = self.v[i]
+                    .g_mul_scalar_(self.beta2)
+                    .addcmul_(&g, &g.g_mul_scalar(1.0 - self.beta2));
                 let bias1 = 1.0 - self.beta1.powi(t);
                 let bias2 = 1.0 - self.beta2.powi(t);
-                let denom = self.v[i].sqrt() / bias2.sqrt() + self.eps;
-                let update = &self.m[i] / denom * (self.lr / bias1);
+                let mut denom = self.v[i].sqrt();
+                let _ = denom.g_div_scalar_(bias2.sqrt()).g_add_scalar_(self.eps);
                 let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&update.to_kind(p.kind()));
+                let _ = p.addcdiv_(&self.m[i], &denom.g_mul_scalar(-bias1 / self.lr));
             }
         });
     }
