@@ -5,32 +5,10 @@
 
 use std::time::Instant;
 
-use hdmoe_pipe::model::loss::{nll_survival, Distance};
-use hdmoe_pipe::model::{Architecture, Hdmoe, Inputs, Modality1, ModelSpec, RfrEval};
+use hdmoe_pipe::model::loss::nll_survival;
+use hdmoe_pipe::model::{Hdmoe, Inputs, ModelSpec};
 use hdmoe_pipe::train::adam::Adam;
 use tch::{nn, Device, Kind, Tensor};
-
-fn spec(token_length: i64) -> ModelSpec {
-    ModelSpec {
-        architecture: Architecture::Hdmoe,
-        dim: 256,
-        heads: 8,
-        landmarks: 128,
-        token_length,
-        experts: 8,
-        top_k: 1,
-        shared_expert: true,
-        renormalise_top_k: false,
-        rfr: true,
-        rfr_eval: RfrEval::Random,
-        distance: Distance::Cos,
-        wsi_dim: 1024,
-        mri_dim: 512,
-        genomic_groups: vec![94, 334, 521, 468, 1496, 479],
-        modality_1: Some(Modality1::Genomics),
-        wsi: true,
-    }
-}
 
 fn main() {
     tch::manual_seed(0);
@@ -41,7 +19,10 @@ fn main() {
     println!("|---|---:|---:|---:|");
     for g in [64, 256] {
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Hdmoe::new(&vs.root(), spec(g));
+        let model = Hdmoe::new(
+            &vs.root(),
+            ModelSpec::wsi_genomics(vec![94, 334, 521, 468, 1496, 479], g),
+        );
         let params: Vec<Tensor> = vs.trainable_variables();
         let mut adam = Adam::new(&params, 5e-4, 1e-5);
         for n in [1000, 5000, 20000] {

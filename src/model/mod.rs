@@ -56,6 +56,32 @@ pub struct ModelSpec {
     pub wsi: bool,
 }
 
+impl ModelSpec {
+    /// The released configuration's sizes (d = 256, 8 heads, 128 landmarks, 8 experts, top-1,
+    /// 1024-d patch features) for WSI + genomics with these groups and token length.
+    pub fn wsi_genomics(genomic_groups: Vec<i64>, token_length: i64) -> Self {
+        Self {
+            architecture: Architecture::Hdmoe,
+            dim: 256,
+            heads: 8,
+            landmarks: 128,
+            token_length,
+            experts: 8,
+            top_k: 1,
+            shared_expert: true,
+            renormalise_top_k: false,
+            rfr: true,
+            rfr_eval: RfrEval::Random,
+            distance: Distance::Cos,
+            wsi_dim: 1024,
+            mri_dim: 512,
+            genomic_groups,
+            modality_1: Some(Modality1::Genomics),
+            wsi: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Modality1 {
     Genomics,
@@ -431,26 +457,8 @@ mod tests {
     use super::*;
     use tch::Kind;
 
-    pub(crate) fn spec(groups: Vec<i64>, token_length: i64) -> ModelSpec {
-        ModelSpec {
-            architecture: Architecture::Hdmoe,
-            dim: 256,
-            heads: 8,
-            landmarks: 128,
-            token_length,
-            experts: 8,
-            top_k: 1,
-            shared_expert: true,
-            renormalise_top_k: false,
-            rfr: true,
-            rfr_eval: RfrEval::Random,
-            distance: Distance::Cos,
-            wsi_dim: 1024,
-            mri_dim: 512,
-            genomic_groups: groups,
-            modality_1: Some(Modality1::Genomics),
-            wsi: true,
-        }
+    fn spec(groups: Vec<i64>, token_length: i64) -> ModelSpec {
+        ModelSpec::wsi_genomics(groups, token_length)
     }
 
     fn count(spec: ModelSpec) -> i64 {

@@ -122,6 +122,18 @@ fn slide_stem(slide_id: &str) -> &str {
     slide_id
 }
 
+/// The `features` [N, D] dataset of a cache file, as a tensor.
+fn read_features(path: &Path) -> Result<Tensor, DataError> {
+    let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
+    let x = file
+        .dataset("features")
+        .and_then(|d| d.read_2d::<f32>())
+        .map_err(|e| file_error(path, e))?;
+    let (n, d) = x.dim();
+    let data: Vec<f32> = x.into_iter().collect();
+    Ok(Tensor::from_slice(&data).view([n as i64, d as i64]))
+}
+
 fn feature_width(path: &Path, dataset: &str) -> Result<i64, DataError> {
     let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
     let shape = file
@@ -268,17 +280,10 @@ impl Dataset {
         };
         let wsi = match &self.slides {
             Some(all) => {
-                let mut parts = Vec::new();
-                for path in &all[patient] {
-                    let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
-                    let x = file
-                        .dataset("features")
-                        .and_then(|d| d.read_2d::<f32>())
-                        .map_err(|e| file_error(path, e))?;
-                    let (n, d) = x.dim();
-                    let data: Vec<f32> = x.into_iter().collect();
-                    parts.push(Tensor::from_slice(&data).view([n as i64, d as i64]));
-                }
+                let parts = all[patient]
+                    .iter()
+                    .map(|path| read_features(path))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let bag = Tensor::cat(&parts, 0);
                 let n = bag.size()[0] as usize;
                 Some(match max_patches {
@@ -298,14 +303,7 @@ impl Dataset {
                 let path = all[patient]
                     .as_ref()
                     .ok_or_else(|| DataError::Config(format!("case {case}: no MRI features")))?;
-                let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
-                let x = file
-                    .dataset("features")
-                    .and_then(|d| d.read_2d::<f32>())
-                    .map_err(|e| file_error(path, e))?;
-                let (n, d) = x.dim();
-                let data: Vec<f32> = x.into_iter().collect();
-                Some(Tensor::from_slice(&data).view([n as i64, d as i64]))
+                Some(read_features(path)?)
             }
             None => None,
         };
