@@ -12,6 +12,7 @@ pub mod genomics;
 pub mod labels;
 pub mod model;
 pub mod mri;
+pub mod progress;
 pub mod report;
 pub mod shard;
 pub mod survival;

@@ -306,6 +306,8 @@ pub fn run(
     let mut manifest = Manifest::new(&config.cache_dir(), &shard_manifest_name("mri", shard));
     let (mut done, mut kept) = (0, 0);
     let mut failed = Vec::new();
+    let owned = (0..cases.len()).filter(|&k| shard.owns(k)).count();
+    let mut progress = crate::progress::Progress::new("mri cases", owned);
     for (k, (case, dir)) in cases.iter().enumerate() {
         if !shard.owns(k) {
             continue;
@@ -330,6 +332,7 @@ pub fn run(
         }
         // Saved after every case, so a killed run still shows what it finished.
         manifest.save()?;
+        progress.inc();
     }
     manifest.save()?;
     Ok(MriReport {

@@ -527,6 +527,8 @@ fn fit_fold(
         let mut train_routing: Vec<Vec<i64>> = Vec::new();
         let mut pending: Vec<Tensor> = Vec::new();
         let accumulate = train_cfg.accumulate;
+        let mut progress =
+            crate::progress::Progress::new(format!("fold {fold} epoch {epoch}"), order.len());
         trainer.for_each_prefetched(&order, mix(&[seed, 2]), |k, patient, inputs| {
             let p = &data.cohort.patients[patient];
             let segments = trainer.draw_segments(&mut segment_rng.borrow_mut(), true);
@@ -565,6 +567,7 @@ fn fit_fold(
                 risk: out.risk.double_value(&[]),
                 hazards: [0.0; N_BINS],
             });
+            progress.inc();
             Ok(())
         })?;
         let n = order.len() as f64;
