@@ -26,10 +26,10 @@ sets=(
   --set "model.architecture=$arch" --set "train.epochs=$epochs" --set "train.device=cpu"
 )
 "$bin" -q genomics "${sets[@]}" > /dev/null
-start=$(date +%s)
 "$bin" -q fit "${sets[@]}" > "$out.log"
-seconds=$(( $(date +%s) - start ))
-awk -F, -v s="$study" -v a="$arch" -v p="$paper" -v sec="$seconds" -v e="$epochs" '
+# Seconds per epoch: the median over every fold's history (a resumed fit keeps its history).
+sec=$(tail -q -n +2 "$out"/fold_*/history.csv | cut -d, -f10 | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+awk -F, -v s="$study" -v a="$arch" -v p="$paper" -v sec="$sec" -v e="$epochs" '
   $1=="mean" {m_last=$7; m_best=$8} $1=="std" {s_last=$7; s_best=$8}
-  END { printf "| %s | %s | %d | %.4f ± %.4f | %.4f ± %.4f | %s | %.1f |\n", s, a, e, m_last, s_last, m_best, s_best, p, sec/(5*e) }
+  END { printf "| %s | %s | %d | %.4f ± %.4f | %.4f ± %.4f | %s | %.1f |\n", s, a, e, m_last, s_last, m_best, s_best, p, sec }
 ' "$out/summary.csv"
