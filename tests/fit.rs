@@ -221,6 +221,9 @@ fn fused_model_writes_every_output_and_resumes_exactly_after_a_kill() {
     .unwrap();
     assert!(outputs.files.iter().any(|f| f.ends_with("km.png")));
     assert!(read(&runs.join("report/cindex.csv")).contains("c_index_best_epoch"));
+    assert!(
+        read(&runs.join("report/report.md")).contains("chosen on a slice of the training split")
+    );
 
     // A rerun keeps the finished folds.
     let again = train::run(&data.config(&epochs), false).unwrap();

@@ -175,9 +175,18 @@ fn render_markdown(
          conventions, risk ties within 1e-8 count one half); mean and population std over folds.\n\n",
     );
     if let Some((mean, std, folds)) = a.cindex_mean {
+        let provenance = match p.selection.as_deref() {
+            Some("last") => "`fit`'s last epoch, never selected on the reported fold",
+            Some("nested") => {
+                "`fit`'s epoch chosen on a slice of the training split, never on the reported fold"
+            }
+            Some("best") => {
+                "`fit`'s best epoch on the reported fold: the paper's protocol, optimistic"
+            }
+            _ => "the predictions as given",
+        };
         md.push_str(&format!(
-            "**C-index {} ± {}** over {folds} folds, from the predictions as given \
-             (for `fit` runs: the last epoch, never selected on the reported fold).",
+            "**C-index {} ± {}** over {folds} folds ({provenance}).",
             markdown::format_number(mean),
             markdown::format_number(std)
         ));

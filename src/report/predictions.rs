@@ -19,6 +19,8 @@ pub struct Predictions {
     pub risk: Vec<f64>,
     pub time: Vec<f64>,
     pub event: Vec<bool>,
+    /// `fit`'s model-selection rule (`last`, `best`, `nested`), when the table says.
+    pub selection: Option<String>,
 }
 
 impl Predictions {
@@ -105,6 +107,11 @@ impl Predictions {
                 )),
             })
             .collect::<Result<Vec<bool>, _>>()?;
+        let selection = if names.iter().any(|n| n == "selection") {
+            strings(path, &df, "selection")?.into_iter().next()
+        } else {
+            None
+        };
         Ok(Self {
             path: path.to_owned(),
             case_id,
@@ -112,6 +119,7 @@ impl Predictions {
             risk,
             time,
             event,
+            selection,
         })
     }
 }
