@@ -72,6 +72,18 @@ impl EncoderKind {
     }
 }
 
+/// A residual block's output, relu(body(x) + shortcut(x)), where the shortcut is the identity
+/// or the downsampling branch.
+pub(crate) fn residual(body: nn::SequentialT, downsample: Option<nn::SequentialT>) -> impl ModuleT {
+    nn::func_t(move |x, train| {
+        let shortcut = match &downsample {
+            Some(d) => x.apply_t(d, train),
+            None => x.shallow_clone(),
+        };
+        (x.apply_t(&body, train) + shortcut).relu()
+    })
+}
+
 /// Where the weights came from, as stamped into every output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightsSource {

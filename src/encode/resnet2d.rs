@@ -34,22 +34,16 @@ fn bottleneck(vs: nn::Path, inplanes: i64, planes: i64, stride: i64) -> impl Mod
                 Default::default(),
             ))
     });
-    nn::func_t(move |x, train| {
-        let y = x
-            .apply(&conv1)
-            .apply_t(&bn1, train)
-            .relu()
-            .apply(&conv2)
-            .apply_t(&bn2, train)
-            .relu()
-            .apply(&conv3)
-            .apply_t(&bn3, train);
-        let shortcut = match &downsample {
-            Some(d) => x.apply_t(d, train),
-            None => x.shallow_clone(),
-        };
-        (y + shortcut).relu()
-    })
+    let body = nn::seq_t()
+        .add(conv1)
+        .add(bn1)
+        .add_fn(|x| x.relu())
+        .add(conv2)
+        .add(bn2)
+        .add_fn(|x| x.relu())
+        .add(conv3)
+        .add(bn3);
+    super::residual(body, downsample)
 }
 
 fn layer(vs: nn::Path, inplanes: i64, planes: i64, blocks: i64, stride: i64) -> nn::SequentialT {

@@ -47,19 +47,13 @@ fn basic_block(vs: nn::Path, inplanes: i64, planes: i64, stride: i64) -> impl Mo
                 Default::default(),
             ))
     });
-    nn::func_t(move |x, train| {
-        let y = x
-            .apply(&conv1)
-            .apply_t(&bn1, train)
-            .relu()
-            .apply(&conv2)
-            .apply_t(&bn2, train);
-        let shortcut = match &downsample {
-            Some(d) => x.apply_t(d, train),
-            None => x.shallow_clone(),
-        };
-        (y + shortcut).relu()
-    })
+    let body = nn::seq_t()
+        .add(conv1)
+        .add(bn1)
+        .add_fn(|x| x.relu())
+        .add(conv2)
+        .add(bn2);
+    super::residual(body, downsample)
 }
 
 pub const FEATURE_DIM: i64 = 512;
