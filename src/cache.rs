@@ -275,10 +275,6 @@ impl Manifest {
             .map(|r| (r.0.as_str(), r.3.as_str()))
     }
 
-    pub fn count(&self, status: Status) -> usize {
-        self.rows.iter().filter(|r| r.1 == status).count()
-    }
-
     /// Writes the manifest (atomically).
     pub fn save(&self) -> Result<(), CacheError> {
         let mut writer = csv::Writer::from_writer(Vec::new());

@@ -4,7 +4,6 @@
 //! pooling; the classifier is never built.
 
 use tch::nn::{self, ConvConfig, ModuleT};
-use tch::Tensor;
 
 fn conv(vs: nn::Path, i: i64, o: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let config = ConvConfig {
@@ -76,9 +75,4 @@ pub fn resnet50(vs: &nn::Path, trunc: bool) -> nn::SequentialT {
         net = net.add(layer(vs / "layer4", 1024, 512, 3, 2));
     }
     net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-}
-
-/// Convenience for callers holding a plain tensor.
-pub fn forward(net: &nn::SequentialT, x: &Tensor) -> Tensor {
-    tch::no_grad(|| net.forward_t(x, false))
 }
