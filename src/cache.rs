@@ -231,6 +231,8 @@ pub enum Status {
     Done,
     Skipped,
     Failed,
+    /// A slide that opened fine but where no tissue was found.
+    NoTissue,
 }
 
 impl Status {
@@ -239,6 +241,7 @@ impl Status {
             Status::Done => "done",
             Status::Skipped => "skipped",
             Status::Failed => "failed",
+            Status::NoTissue => "no tissue",
         }
     }
 }
@@ -266,6 +269,11 @@ impl Manifest {
         let seconds = started.elapsed().as_secs_f64();
         self.rows
             .push((item.to_owned(), status, seconds, message.to_owned()));
+    }
+
+    /// Rows in item order (stages that run items in parallel record them as they finish).
+    pub fn sort(&mut self) {
+        self.rows.sort_by(|a, b| a.0.cmp(&b.0));
     }
 
     pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {

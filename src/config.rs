@@ -43,6 +43,7 @@ pub enum ConfigError {
 pub struct Config {
     pub dataset: DatasetConfig,
     pub paths: PathsConfig,
+    pub tile: TileConfig,
     pub genomics: GenomicsConfig,
     pub mri: MriConfig,
     pub model: ModelConfig,
@@ -95,6 +96,95 @@ pub struct PathsConfig {
     /// Patch features, one `<slide>.h5` per slide (CLAM's `h5_files/` layout; CLAM or TRIDENT
     /// folders work as they are). Default `<cache>/features`.
     pub features: Option<PathBuf>,
+}
+
+/// CLAM's segmentation parameter sets (`presets/*.csv` in CLAM; `clam_default` is
+/// `create_patches_fp.py`'s built-in defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegPreset {
+    ClamDefault,
+    Tcga,
+    Biopsy,
+}
+
+/// Which level-0 resolution the grid is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MppRounding {
+    /// The slide's recorded mpp as it is (0.2527 stays 0.2527).
+    Real,
+    /// CLAM/TRIDENT parity: the nominal magnification's mpp (10 / objective power, e.g. 0.25
+    /// for a 40x slide whose real mpp is 0.2527).
+    Nominal,
+}
+
+/// CLAM's rules for keeping a grid position against a tissue contour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContourFn {
+    /// Any of four points at ±1/4 patch around the centre lies in the contour (CLAM's default).
+    FourPt,
+    /// All four points lie in the contour.
+    FourPtHard,
+    /// The centre lies in the contour.
+    Center,
+    /// The top-left corner lies in the contour.
+    Basic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TileConfig {
+    /// Resolution of the output patches in um/px (0.5 = 20x).
+    pub target_mpp: f64,
+    /// Output patch side in pixels at `target_mpp`.
+    pub patch_size: u32,
+    /// Grid step in output pixels (`patch_size` = non-overlapping).
+    pub step: u32,
+    pub preset: SegPreset,
+    /// Overrides of the preset's values (null = the preset's).
+    pub sthresh: Option<u8>,
+    pub mthresh: Option<u32>,
+    pub close: Option<u32>,
+    pub use_otsu: Option<bool>,
+    pub a_t: Option<f64>,
+    pub a_h: Option<f64>,
+    pub max_n_holes: Option<usize>,
+    /// Downsample (relative to level 0) of the image the tissue mask is computed on.
+    pub seg_downsample: f64,
+    pub contour_fn: ContourFn,
+    pub mpp_rounding: MppRounding,
+    /// um/px for slides whose metadata has none (`--mpp`); null = such slides fail.
+    pub fallback_mpp: Option<f64>,
+    /// Allow slides coarser than `target_mpp` (read fewer pixels and upsample).
+    pub allow_upsample: bool,
+    /// Slides processed at once (0 = one per core).
+    pub workers: usize,
+}
+
+impl Default for TileConfig {
+    fn default() -> Self {
+        Self {
+            target_mpp: 0.5,
+            patch_size: 256,
+            step: 256,
+            preset: SegPreset::ClamDefault,
+            sthresh: None,
+            mthresh: None,
+            close: None,
+            use_otsu: None,
+            a_t: None,
+            a_h: None,
+            max_n_holes: None,
+            seg_downsample: 64.0,
+            contour_fn: ContourFn::FourPt,
+            mpp_rounding: MppRounding::Real,
+            fallback_mpp: None,
+            allow_upsample: false,
+            workers: 0,
+        }
+    }
 }
 
 /// What to do with a blank or non-numeric gene value.
@@ -399,6 +489,37 @@ impl Config {
             return Err(invalid(
                 "train.folds",
                 format!("must list distinct folds, got {:?}", self.train.folds),
+            ));
+        }
+        let tile = &self.tile;
+        if !(tile.target_mpp > 0.0 && tile.target_mpp.is_finite()) {
+            return Err(invalid(
+                "tile.target_mpp",
+                format!("must be a positive number of um/px, got {}", tile.target_mpp),
+            ));
+        }
+        if tile.patch_size == 0 || tile.step == 0 {
+            return Err(invalid(
+                "tile.patch_size",
+                "patch_size and step must be at least 1 pixel".into(),
+            ));
+        }
+        if !(tile.seg_downsample >= 1.0 && tile.seg_downsample.is_finite()) {
+            return Err(invalid(
+                "tile.seg_downsample",
+                format!("must be at least 1, got {}", tile.seg_downsample),
+            ));
+        }
+        if tile.mthresh.is_some_and(|k| k % 2 == 0) {
+            return Err(invalid(
+                "tile.mthresh",
+                "the median kernel must be odd (CLAM: 7)".into(),
+            ));
+        }
+        if tile.fallback_mpp.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+            return Err(invalid(
+                "tile.fallback_mpp",
+                "must be a positive number of um/px".into(),
             ));
         }
         let mri = &self.mri;

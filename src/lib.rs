@@ -15,6 +15,7 @@ pub mod mri;
 pub mod progress;
 pub mod report;
 pub mod shard;
+pub mod slide;
 pub mod survival;
 pub mod train;
 

@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::shard::Shard;
-use hdmoe_pipe::{doctor, genomics, labels, mri, report, train};
+use hdmoe_pipe::{doctor, genomics, labels, mri, report, slide, train};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
 ///
-/// Stages available in this build: config, cohort, genomics, mri, fit, report, doctor. Every stage reads the
+/// Stages available in this build: config, cohort, tile, genomics, mri, fit, report, doctor. Every stage reads the
 /// dataset's YAML (`--config pipelines/<name>.yaml`); `--set section.key=value` overrides one
 /// value. Keys and defaults: docs/CONFIG.md.
 #[derive(Parser)]
@@ -35,6 +35,9 @@ enum Command {
     Config(ConfigArgs),
     /// Check the cohort table and splits; print patients, slides, time bins and fold sizes.
     Cohort(CohortCmd),
+    /// Tissue mask and 20x patch grid for every slide (cache/patches/<slide>.h5 with CLAM's
+    /// `coords`, and a preview cache/masks/<slide>.png).
+    Tile(TileCmd),
     /// Group the cohort table's gene columns into the gene families of signatures.csv
     /// (cache/genomics.h5, one row per patient, raw values).
     Genomics(StageCmd),
@@ -98,6 +101,22 @@ struct MriCmd {
 }
 
 #[derive(Args)]
+struct TileCmd {
+    #[command(flatten)]
+    stage: StageCmd,
+    /// A folder of slides or a slide list CSV (overrides paths.slides).
+    #[arg(long, value_name = "DIR|CSV")]
+    slides: Option<PathBuf>,
+    /// um/px for slides whose metadata records none (sets tile.fallback_mpp); a slide list's
+    /// `mpp` column and the slide's own metadata take precedence.
+    #[arg(long, value_name = "UM_PER_PX")]
+    mpp: Option<f64>,
+    /// Handle only shard I of N (slides in name order, every N-th from I), e.g. 0/3.
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    shard: Shard,
+}
+
+#[derive(Args)]
 struct ReportCmd {
     #[command(flatten)]
     config: ConfigArgs,
@@ -143,6 +162,33 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", result.summary);
             if let Some(path) = &args.labels_out {
                 tracing::info!("wrote {}", path.display());
+            }
+        }
+        Command::Tile(args) => {
+            let mut overrides = args.stage.config.set.clone();
+            if let Some(mpp) = args.mpp {
+                overrides.push(format!("tile.fallback_mpp={mpp}"));
+            }
+            let config = Config::load(args.stage.config.config.as_deref(), &overrides)?;
+            let result = slide::run(&config, args.slides.as_deref(), args.stage.force, args.shard)?;
+            println!(
+                "tile: {} slides tiled ({} patches), {} kept (same parameters), {} without tissue, {} failed; manifest {}",
+                result.done,
+                result.patches,
+                result.kept,
+                result.no_tissue.len(),
+                result.failed.len(),
+                result.manifest.display()
+            );
+            let bad = result.failed.len() + result.no_tissue.len();
+            if bad > 0 {
+                anyhow::bail!(
+                    "tile: {bad} of {} slides gave no patches ({} failed, {} without tissue; listed in {})",
+                    bad + result.done + result.kept,
+                    result.failed.len(),
+                    result.no_tissue.len(),
+                    result.manifest.display()
+                );
             }
         }
         Command::Genomics(args) => {

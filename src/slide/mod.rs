@@ -1,0 +1,415 @@
+//! `hdmoe-pipe tile`: for every slide, CLAM's tissue mask on a low-resolution image, the 20x
+//! patch grid over the tissue, `patches/<slide>.h5` (CLAM's `coords` with `patch_level` and
+//! `patch_size`) and a preview `masks/<slide>.png`.
+
+pub mod grid;
+pub mod list;
+pub mod mask;
+pub mod polygon;
+pub mod preview;
+pub mod reader;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use image::RgbImage;
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::atomic;
+use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::config::{Config, MppRounding, TileConfig};
+use crate::shard::Shard;
+use grid::Plan;
+use list::{ListError, SlideEntry};
+use mask::{SegParams, Tissue};
+use reader::Slide;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TileError {
+    #[error("configuration: `paths.slides` is not set; name a folder of slides or a slide list CSV (or pass --slides)")]
+    NoSlides,
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot start {0} worker threads")]
+    Pool(String),
+}
+
+#[derive(Debug, Default)]
+pub struct TileReport {
+    pub done: usize,
+    pub kept: usize,
+    pub patches: usize,
+    /// (slide, message) of slides where no tissue was found.
+    pub no_tissue: Vec<(String, String)>,
+    /// (slide, message) of every failed slide.
+    pub failed: Vec<(String, String)>,
+    pub manifest: PathBuf,
+}
+
+/// Where the level-0 um/px came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MppSource {
+    SlideList,
+    Metadata,
+    Fallback,
+}
+
+impl MppSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            MppSource::SlideList => "slide list",
+            MppSource::Metadata => "metadata",
+            MppSource::Fallback => "fallback (--mpp)",
+        }
+    }
+}
+
+/// Everything the stage computes for one slide.
+pub struct Analysis {
+    pub params: SegParams,
+    /// The mpp the slide records (or was given) and the one the grid uses.
+    pub slide_mpp: f64,
+    pub grid_mpp: f64,
+    pub mpp_source: MppSource,
+    pub plan: Plan,
+    pub low_res: RgbImage,
+    pub seg_level: u32,
+    pub seg_factor: u32,
+    pub scale: [f64; 2],
+    pub tissue: Tissue,
+    pub coords: Vec<[i64; 2]>,
+    pub level_dim: (u64, u64),
+    pub seconds_mask: f64,
+    pub seconds_grid: f64,
+}
+
+/// Why a slide gave no patches.
+#[derive(Debug)]
+pub enum SlideFailure {
+    /// The slide is fine but no tissue region (or no grid position) passed the filters.
+    NoTissue(String),
+    Error(String),
+}
+
+/// The slide's level-0 um/px: a slide list's value, else the metadata's, else the fallback.
+pub fn resolve_mpp(
+    slide: &Slide,
+    entry: &SlideEntry,
+    options: &TileConfig,
+) -> Result<(f64, MppSource), String> {
+    if let Some(mpp) = entry.mpp {
+        return Ok((mpp, MppSource::SlideList));
+    }
+    if let Some(mpp) = slide.mpp() {
+        return Ok((mpp, MppSource::Metadata));
+    }
+    if let Some(mpp) = options.fallback_mpp {
+        return Ok((mpp, MppSource::Fallback));
+    }
+    Err(format!(
+        "{}: the slide records no resolution (openslide.mpp-x); give it with --mpp UM_PER_PX (slides without metadata) or an `mpp` column in a slide list CSV named by paths.slides",
+        entry.path.display()
+    ))
+}
+
+/// The segmentation parameters of one slide: the configuration's, then the list's overrides.
+pub fn seg_params(entry: &SlideEntry, options: &TileConfig) -> SegParams {
+    let mut params = SegParams::from_config(options);
+    params.apply(&entry.overrides);
+    params
+}
+
+/// Mask and grid for one slide (no files written).
+pub fn analyse(entry: &SlideEntry, options: &TileConfig) -> Result<Analysis, SlideFailure> {
+    let error = |e: String| SlideFailure::Error(e);
+    let slide = Slide::open(&entry.path).map_err(|e| error(e.to_string()))?;
+    let (slide_mpp, mpp_source) = resolve_mpp(&slide, entry, options).map_err(error)?;
+    let grid_mpp = match options.mpp_rounding {
+        MppRounding::Real => slide_mpp,
+        MppRounding::Nominal => grid::nominal_mpp(slide_mpp, slide.objective_power()),
+    };
+    let plan = grid::plan(
+        grid_mpp,
+        &slide.downsamples(),
+        options.target_mpp,
+        options.patch_size,
+        options.step,
+        options.allow_upsample,
+    )
+    .map_err(|e| error(format!("{}: {e}", entry.path.display())))?;
+    let params = seg_params(entry, options);
+
+    let started = Instant::now();
+    let low = slide
+        .low_res(options.seg_downsample)
+        .map_err(|e| error(e.to_string()))?;
+    let tissue = mask::segment(&low.image, &params, low.scale);
+    let seconds_mask = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let coords = grid::patch_coords(&tissue, &plan, options.contour_fn);
+    let seconds_grid = started.elapsed().as_secs_f64();
+
+    Ok(Analysis {
+        params,
+        slide_mpp,
+        grid_mpp,
+        mpp_source,
+        plan,
+        seg_level: low.level,
+        seg_factor: low.factor,
+        scale: low.scale,
+        low_res: low.image,
+        tissue,
+        coords,
+        level_dim: slide.dimensions(plan.level),
+        seconds_mask,
+        seconds_grid,
+    })
+}
+
+/// Size plus sha256 of the first and last MiB: identifies a slide file without reading
+/// gigabytes.
+pub fn fingerprint(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: u64 = 1 << 20;
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK.min(size) as usize];
+    file.read_exact(&mut buffer)?;
+    hasher.update(&buffer);
+    if size > CHUNK {
+        let tail = CHUNK.min(size - CHUNK);
+        file.seek(SeekFrom::End(-(tail as i64)))?;
+        let mut buffer = vec![0u8; tail as usize];
+        file.read_exact(&mut buffer)?;
+        hasher.update(&buffer);
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("{size}:{digest}"))
+}
+
+/// What made a patches file: the slide's identity and every option that changes the grid.
+fn parameters(
+    entry: &SlideEntry,
+    options: &TileConfig,
+    params: &SegParams,
+    slide_mpp: f64,
+    source: MppSource,
+    fingerprint: &str,
+) -> Parameters {
+    let mut p = Parameters::new()
+        .with("stage", "tile")
+        .with("slide_fingerprint", fingerprint)
+        .with("slide_file", entry.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .with("slide_mpp", slide_mpp)
+        .with("mpp_source", source.as_str())
+        .with("mpp_rounding", format!("{:?}", options.mpp_rounding).to_lowercase())
+        .with("target_mpp", options.target_mpp)
+        .with("patch_size", options.patch_size)
+        .with("step_px", options.step)
+        .with("seg_downsample", options.seg_downsample)
+        .with("contour_fn", format!("{:?}", options.contour_fn))
+        .with("allow_upsample", options.allow_upsample)
+        .with("layout_version", 1);
+    for (key, value) in params.describe() {
+        p = p.with(key, value);
+    }
+    p
+}
+
+fn write_patches(
+    output: &Path,
+    id: &str,
+    parameters: &Parameters,
+    options: &TileConfig,
+    a: &Analysis,
+) -> Result<(), CacheError> {
+    let mut coords = Array2::<i64>::zeros((a.coords.len(), 2));
+    for (i, c) in a.coords.iter().enumerate() {
+        coords[[i, 0]] = c[0];
+        coords[[i, 1]] = c[1];
+    }
+    cache::write_h5(output, |file| {
+        cache::stamp(file, parameters)?;
+        cache::write_str_attr(file, "software_version", crate::VERSION)?;
+        let ds = file
+            .new_dataset_builder()
+            .obj_track_times(false)
+            .with_data(&coords)
+            .create("coords")?;
+        let int = |name: &str, v: i64| ds.new_attr::<i64>().create(name)?.write_scalar(&v);
+        let float = |name: &str, v: f64| ds.new_attr::<f64>().create(name)?.write_scalar(&v);
+        int("patch_size", i64::from(options.patch_size))?;
+        int("patch_level", i64::from(a.plan.level))?;
+        int("read_size", a.plan.read_size)?;
+        int("level_read_size", i64::from(a.plan.level_read_size))?;
+        int("step", a.plan.step)?;
+        int("seg_level", i64::from(a.seg_level))?;
+        int("seg_factor", i64::from(a.seg_factor))?;
+        float("target_mpp", options.target_mpp)?;
+        float("slide_mpp", a.slide_mpp)?;
+        float("grid_mpp", a.grid_mpp)?;
+        ds.new_attr_builder()
+            .with_data(&[a.plan.downsample, a.plan.downsample])
+            .create("downsample")?;
+        let dims = [a.level_dim.0 as i64, a.level_dim.1 as i64];
+        ds.new_attr_builder().with_data(&dims).create("level_dim")?;
+        ds.new_attr_builder()
+            .with_data(&dims)
+            .create("downsampled_level_dim")?;
+        cache::write_str_attr(&ds, "name", id)?;
+        Ok(())
+    })
+}
+
+/// Outcome of one slide.
+enum Outcome {
+    Written(usize),
+    Kept,
+}
+
+fn process_slide(
+    entry: &SlideEntry,
+    options: &TileConfig,
+    patches_dir: &Path,
+    masks_dir: &Path,
+    force: bool,
+) -> Result<Outcome, SlideFailure> {
+    let error = |e: String| SlideFailure::Error(e);
+    let output = patches_dir.join(format!("{}.h5", entry.id));
+    let preview_path = masks_dir.join(format!("{}.png", entry.id));
+    let fp = fingerprint(&entry.path).map_err(|e| error(format!("{}: {e}", entry.path.display())))?;
+    // The stamp needs the mpp: opening the slide is cheap next to the mask.
+    let slide = Slide::open(&entry.path).map_err(|e| error(e.to_string()))?;
+    let (slide_mpp, source) = resolve_mpp(&slide, entry, options).map_err(error)?;
+    drop(slide);
+    let params = seg_params(entry, options);
+    let wanted = parameters(entry, options, &params, slide_mpp, source, &fp);
+    match cache::freshness(&output, &wanted, force) {
+        Freshness::Done if preview_path.exists() => return Ok(Outcome::Kept),
+        Freshness::Mismatch(differences) => {
+            return Err(error(cache::mismatch_message(&output, &differences)))
+        }
+        _ => {}
+    }
+    let a = analyse(entry, options)?;
+    let png = preview::render(&a.low_res, a.scale, &a.tissue, &a.coords, a.plan.read_size)
+        .map_err(|e| error(format!("{}: cannot render the preview: {e}", preview_path.display())))?;
+    std::fs::create_dir_all(masks_dir)
+        .map_err(|e| error(format!("{}: {e}", masks_dir.display())))?;
+    atomic::write_bytes(&preview_path, &png)
+        .map_err(|e| error(format!("{}: cannot write: {e}", preview_path.display())))?;
+    if a.coords.is_empty() {
+        let why = if a.tissue.is_empty() {
+            "no tissue region passed the area filter"
+        } else {
+            "tissue found, but no patch position passed the contour rule"
+        };
+        return Err(SlideFailure::NoTissue(format!(
+            "{}: no tissue: {why} (threshold {}, a_t {} blocks of 512x512 level-0 px); see {} and try preset biopsy or smaller tile.a_t",
+            entry.path.display(),
+            a.tissue.threshold,
+            a.params.a_t,
+            preview_path.display()
+        )));
+    }
+    write_patches(&output, &entry.id, &wanted, options, &a).map_err(|e| error(e.to_string()))?;
+    Ok(Outcome::Written(a.coords.len()))
+}
+
+/// `tile` for a whole cohort (or one shard of it).
+pub fn run(
+    config: &Config,
+    slides: Option<&Path>,
+    force: bool,
+    shard: Shard,
+) -> Result<TileReport, TileError> {
+    let options = &config.tile;
+    let source = slides
+        .map(Path::to_path_buf)
+        .or_else(|| config.paths.slides.clone())
+        .ok_or(TileError::NoSlides)?;
+    let entries = list::list(&source)?;
+    let cache_dir = config.cache_dir();
+    let patches_dir = cache_dir.join("patches");
+    let masks_dir = cache_dir.join("masks");
+    let manifest_name = crate::mri::shard_manifest_name("tile", shard);
+    let manifest = Mutex::new(Manifest::new(&cache_dir, &manifest_name));
+    let owned: Vec<&SlideEntry> = entries
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| shard.owns(*k))
+        .map(|(_, e)| e)
+        .collect();
+    let progress = Mutex::new(crate::progress::Progress::new("tile slides", owned.len()));
+    let report = Mutex::new(TileReport::default());
+    let workers = if options.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        options.workers
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .map_err(|e| TileError::Pool(format!("{workers}: {e}")))?;
+    let save_error = Mutex::new(None);
+    pool.install(|| {
+        owned.par_iter().for_each(|entry| {
+            let started = Instant::now();
+            let outcome = process_slide(entry, options, &patches_dir, &masks_dir, force);
+            let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+            let mut manifest = manifest.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(Outcome::Written(n)) => {
+                    report.done += 1;
+                    report.patches += n;
+                    manifest.record(&entry.id, Status::Done, started, &format!("{n} patches"));
+                }
+                Ok(Outcome::Kept) => {
+                    report.kept += 1;
+                    manifest.record(&entry.id, Status::Skipped, started, "kept: same parameters");
+                }
+                Err(SlideFailure::NoTissue(message)) => {
+                    tracing::warn!("slide {}: {message}", entry.id);
+                    manifest.record(&entry.id, Status::NoTissue, started, &message);
+                    report.no_tissue.push((entry.id.clone(), message));
+                }
+                Err(SlideFailure::Error(message)) => {
+                    tracing::error!("slide {}: {message}", entry.id);
+                    manifest.record(&entry.id, Status::Failed, started, &message);
+                    report.failed.push((entry.id.clone(), message));
+                }
+            }
+            // Saved after every slide, so a killed run still shows what it finished.
+            if let Err(e) = manifest.save() {
+                save_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+            progress.lock().unwrap_or_else(|e| e.into_inner()).inc();
+        });
+    });
+    if let Some(e) = save_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e.into());
+    }
+    let mut manifest = manifest.into_inner().unwrap_or_else(|e| e.into_inner());
+    manifest.sort();
+    manifest.save()?;
+    let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.failed.sort();
+    report.no_tissue.sort();
+    report.manifest = manifest.path().to_owned();
+    Ok(report)
+}
