@@ -151,8 +151,12 @@ pub struct TileConfig {
     pub a_t: Option<f64>,
     pub a_h: Option<f64>,
     pub max_n_holes: Option<usize>,
-    /// Downsample (relative to level 0) of the image the tissue mask is computed on.
+    /// Downsample (relative to level 0) of the pyramid level the tissue mask is computed on
+    /// (OpenSlide's best level for it, as CLAM picks).
     pub seg_downsample: f64,
+    /// When no pyramid level is within 8x of `seg_downsample` (single-level files), the mask
+    /// image is box-averaged from level 0 in strips to this um/px (null: to `seg_downsample`).
+    pub seg_strip_mpp: Option<f64>,
     pub contour_fn: ContourFn,
     pub mpp_rounding: MppRounding,
     /// um/px for slides whose metadata has none (`--mpp`); null = such slides fail.
@@ -178,6 +182,7 @@ impl Default for TileConfig {
             a_h: None,
             max_n_holes: None,
             seg_downsample: 64.0,
+            seg_strip_mpp: Some(4.0),
             contour_fn: ContourFn::FourPt,
             mpp_rounding: MppRounding::Real,
             fallback_mpp: None,
@@ -495,7 +500,10 @@ impl Config {
         if !(tile.target_mpp > 0.0 && tile.target_mpp.is_finite()) {
             return Err(invalid(
                 "tile.target_mpp",
-                format!("must be a positive number of um/px, got {}", tile.target_mpp),
+                format!(
+                    "must be a positive number of um/px, got {}",
+                    tile.target_mpp
+                ),
             ));
         }
         if tile.patch_size == 0 || tile.step == 0 {
@@ -510,13 +518,25 @@ impl Config {
                 format!("must be at least 1, got {}", tile.seg_downsample),
             ));
         }
+        if tile
+            .seg_strip_mpp
+            .is_some_and(|m| !(m > 0.0 && m.is_finite()))
+        {
+            return Err(invalid(
+                "tile.seg_strip_mpp",
+                "must be a positive number of um/px (or null)".into(),
+            ));
+        }
         if tile.mthresh.is_some_and(|k| k % 2 == 0) {
             return Err(invalid(
                 "tile.mthresh",
                 "the median kernel must be odd (CLAM: 7)".into(),
             ));
         }
-        if tile.fallback_mpp.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+        if tile
+            .fallback_mpp
+            .is_some_and(|m| !(m > 0.0 && m.is_finite()))
+        {
             return Err(invalid(
                 "tile.fallback_mpp",
                 "must be a positive number of um/px".into(),

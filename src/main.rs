@@ -170,7 +170,12 @@ fn run(cli: Cli) -> Result<()> {
                 overrides.push(format!("tile.fallback_mpp={mpp}"));
             }
             let config = Config::load(args.stage.config.config.as_deref(), &overrides)?;
-            let result = slide::run(&config, args.slides.as_deref(), args.stage.force, args.shard)?;
+            let result = slide::run(
+                &config,
+                args.slides.as_deref(),
+                args.stage.force,
+                args.shard,
+            )?;
             println!(
                 "tile: {} slides tiled ({} patches), {} kept (same parameters), {} without tissue, {} failed; manifest {}",
                 result.done,

@@ -7,9 +7,9 @@ use super::mask::Tissue;
 use super::polygon::{self, Side};
 use crate::config::ContourFn;
 
-/// A level counts as fine enough when its um/px exceeds the target by less than this (so a
-/// 20x level recorded as 0.5054 um/px serves a 0.5 target without reading level 0).
-const LEVEL_TOLERANCE: f64 = 0.01;
+/// A level counts as fine enough when its um/px exceeds the target by at most this fraction
+/// (so a 20x level recorded as 0.5054 um/px serves a 0.5 target without reading level 0).
+const LEVEL_TOLERANCE: f64 = 0.02;
 
 /// How patches are read: `level_read_size` pixels at `level`, resized to `patch_size`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,7 +84,12 @@ pub fn nominal_mpp(mpp: f64, objective_power: Option<f64>) -> f64 {
         let estimate = 10.0 / mpp;
         [1.25, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0]
             .into_iter()
-            .min_by(|a, b| (a / estimate).ln().abs().total_cmp(&(b / estimate).ln().abs()))
+            .min_by(|a, b| {
+                (a / estimate)
+                    .ln()
+                    .abs()
+                    .total_cmp(&(b / estimate).ln().abs())
+            })
             .unwrap_or(estimate)
     });
     10.0 / magnification
@@ -183,7 +188,8 @@ pub fn patch_coords(tissue: &Tissue, plan: &Plan, contour_fn: ContourFn) -> Vec<
         let index = RowIndex::new(contour, &contour_rows);
         // CLAM's isInHoles tests the centre pt + patch_size / 2 (true division).
         let hole_rows: Vec<i64> = ys.iter().map(|&y| 2 * y + ps).collect();
-        let hole_index: Vec<RowIndex> = holes.iter().map(|h| RowIndex::new(h, &hole_rows)).collect();
+        let hole_index: Vec<RowIndex> =
+            holes.iter().map(|h| RowIndex::new(h, &hole_rows)).collect();
         let keep = |x: i64, y: i64| -> bool {
             let mut sides = offsets
                 .iter()
@@ -200,7 +206,11 @@ pub fn patch_coords(tissue: &Tissue, plan: &Plan, contour_fn: ContourFn) -> Vec<
         };
         let kept: Vec<[i64; 2]> = xs
             .par_iter()
-            .flat_map_iter(|&x| ys.iter().filter(move |&&y| keep(x, y)).map(move |&y| [x, y]))
+            .flat_map_iter(|&x| {
+                ys.iter()
+                    .filter(move |&&y| keep(x, y))
+                    .map(move |&y| [x, y])
+            })
             .collect();
         coords.extend(kept);
     }
@@ -215,16 +225,22 @@ mod tests {
     fn read_sizes_for_common_resolutions() {
         // 40x Aperio pyramid (levels 1, 4, 16): level 0, 512 px read.
         let p = plan(0.25, &[1.0, 4.0, 16.0], 0.5, 256, 256, false).unwrap();
-        assert_eq!((p.level, p.level_read_size, p.read_size, p.step), (0, 512, 512, 512));
+        assert_eq!(
+            (p.level, p.level_read_size, p.read_size, p.step),
+            (0, 512, 512, 512)
+        );
         // 0.2527 um/px: 256 * 0.5 / 0.2527 = 506.53 → 507 (the real mpp, not 512).
         let p = plan(0.2527, &[1.0, 4.0, 16.0], 0.5, 256, 256, false).unwrap();
         assert_eq!((p.level, p.level_read_size, p.read_size), (0, 507, 507));
         // 20x: read 256 at level 0.
         let p = plan(0.5, &[1.0, 4.0], 0.5, 256, 256, false).unwrap();
         assert_eq!((p.level, p.level_read_size), (0, 256));
-        // 80x with a 2x level: that level, 256 px, covering 512 level-0 px.
-        let p = plan(0.125, &[1.0, 2.0, 8.0], 0.5, 256, 256, false).unwrap();
-        assert_eq!((p.level, p.level_read_size, p.read_size), (1, 256, 512));
+        // 80x with a 4x level (0.5 um/px): that level, 256 px, covering 1024 level-0 px.
+        let p = plan(0.125, &[1.0, 4.0, 16.0], 0.5, 256, 256, false).unwrap();
+        assert_eq!((p.level, p.level_read_size, p.read_size), (1, 256, 1024));
+        // A 20x level recorded as 0.5054 um/px (2 x 0.2527) is used, reading 253 px.
+        let p = plan(0.2527, &[1.0, 2.0, 8.0], 0.5, 256, 256, false).unwrap();
+        assert_eq!((p.level, p.level_read_size, p.read_size), (1, 253, 506));
         // 10x: too coarse unless upsampling is allowed (then 128 px read).
         assert!(matches!(
             plan(1.0, &[1.0], 0.5, 256, 256, false),
@@ -246,12 +262,22 @@ mod tests {
 
     #[test]
     fn row_index_agrees_with_the_plain_test() {
-        let poly: Vec<[i64; 2]> = vec![[0, 0], [20, 0], [20, 20], [12, 20], [12, 6], [6, 6], [6, 20], [0, 20]];
+        let poly: Vec<[i64; 2]> = vec![
+            [0, 0],
+            [20, 0],
+            [20, 20],
+            [12, 20],
+            [12, 6],
+            [6, 6],
+            [6, 20],
+            [0, 20],
+        ];
         for y in -2..23 {
             for x in -2..23 {
                 for (dx, dy) in [(0, 0), (1, 1), (1, 0)] {
                     let p2 = [2 * x + dx, 2 * y + dy];
-                    let doubled: Vec<[i64; 2]> = poly.iter().map(|p| [2 * p[0], 2 * p[1]]).collect();
+                    let doubled: Vec<[i64; 2]> =
+                        poly.iter().map(|p| [2 * p[0], 2 * p[1]]).collect();
                     let index = RowIndex::new(&poly, &[p2[1]]);
                     assert_eq!(index.side(p2), polygon::point_side(&doubled, p2), "{p2:?}");
                 }
@@ -264,7 +290,12 @@ mod tests {
         // A 4096x2048 level-0 rectangle with a 1024x1024 hole at (1024, 512).
         let tissue = Tissue {
             contours_level0: vec![vec![[0, 0], [4095, 0], [4095, 2047], [0, 2047]]],
-            holes_level0: vec![vec![vec![[1024, 512], [2047, 512], [2047, 1535], [1024, 1535]]]],
+            holes_level0: vec![vec![vec![
+                [1024, 512],
+                [2047, 512],
+                [2047, 1535],
+                [1024, 1535],
+            ]]],
             ..Tissue::default()
         };
         let plan = plan(0.25, &[1.0], 0.5, 256, 256, false).unwrap();

@@ -120,7 +120,9 @@ fn parse_bool(value: &str) -> Result<Option<bool>, String> {
         "" | "none" | "nan" => Ok(None),
         "1" | "true" | "yes" => Ok(Some(true)),
         "0" | "false" | "no" => Ok(Some(false)),
-        other => Err(format!("column `use_otsu`: expected true or false, got {other:?}")),
+        other => Err(format!(
+            "column `use_otsu`: expected true or false, got {other:?}"
+        )),
     }
 }
 
@@ -184,7 +186,9 @@ fn list_csv(path: &Path) -> Result<Vec<SlideEntry>, ListError> {
         };
         let mpp = parse_cell::<f64>(cell("mpp"), "mpp").map_err(&row_error)?;
         if mpp.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
-            return Err(row_error("column `mpp`: must be a positive number of um/px".into()));
+            return Err(row_error(
+                "column `mpp`: must be a positive number of um/px".into(),
+            ));
         }
         let overrides = SegOverrides {
             preset: parse_preset(cell("preset")).map_err(&row_error)?,
@@ -197,7 +201,9 @@ fn list_csv(path: &Path) -> Result<Vec<SlideEntry>, ListError> {
             max_n_holes: parse_cell(cell("max_n_holes"), "max_n_holes").map_err(&row_error)?,
         };
         if overrides.mthresh.is_some_and(|k| k % 2 == 0) {
-            return Err(row_error("column `mthresh`: the median kernel must be odd".into()));
+            return Err(row_error(
+                "column `mthresh`: the median kernel must be odd".into(),
+            ));
         }
         entries.push(SlideEntry {
             id: slide_id(&slide_path),
@@ -242,7 +248,11 @@ mod tests {
         for name in ["b.svs", "a.tif", "notes.txt", "c.SVS"] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
-        let ids: Vec<String> = list(dir.path()).unwrap().into_iter().map(|e| e.id).collect();
+        let ids: Vec<String> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
         assert_eq!(ids, ["a", "b", "c"]);
     }
 }

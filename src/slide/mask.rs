@@ -5,7 +5,6 @@ use image::{GrayImage, Luma, RgbImage};
 use imageproc::contours::{find_contours, BorderType};
 use imageproc::contrast::{otsu_level, threshold, ThresholdType};
 use imageproc::filter::median_filter;
-use imageproc::morphology::{grayscale_dilate, grayscale_erode, Mask};
 
 use super::polygon::{self, Polygon};
 use crate::config::{SegPreset, TileConfig};
@@ -145,29 +144,105 @@ pub fn saturation(rgb: &RgbImage) -> GrayImage {
     out
 }
 
-/// The binary mask (255 = tissue) before contour finding; also used for the preview.
-pub fn binary_mask(sat: &GrayImage, params: &SegParams) -> (GrayImage, u8) {
-    let radius = params.mthresh / 2;
-    let blurred = if radius > 0 {
-        median_filter(sat, radius, radius)
-    } else {
-        sat.clone()
-    };
-    let level = if params.use_otsu {
-        otsu_level(&blurred)
-    } else {
-        params.sthresh
-    };
-    let mut binary = threshold(&blurred, level, ThresholdType::Binary);
-    if params.close > 0 {
-        // cv2.morphologyEx(MORPH_CLOSE) with a k x k kernel of ones anchored at (k/2, k/2).
-        let k = params.close.min(255);
-        let kernel = GrayImage::from_pixel(k, k, Luma([255]));
-        let anchor = (k / 2) as u8;
-        let mask = Mask::from_image(&kernel, anchor, anchor);
-        binary = grayscale_erode(&grayscale_dilate(&binary, &mask), &mask);
+/// Summed-area table of `on` pixels over a `w` x `h` grid, (w + 1) x (h + 1) entries.
+struct Integral {
+    w: usize,
+    sums: Vec<u32>,
+}
+
+impl Integral {
+    fn new(w: usize, h: usize, on: impl Fn(usize, usize) -> bool) -> Self {
+        let mut sums = vec![0u32; (w + 1) * (h + 1)];
+        for y in 0..h {
+            let mut row = 0u32;
+            for x in 0..w {
+                row += u32::from(on(x, y));
+                sums[(y + 1) * (w + 1) + x + 1] = sums[y * (w + 1) + x + 1] + row;
+            }
+        }
+        Self { w, sums }
     }
-    (binary, level)
+
+    /// Count in [x0, x1) x [y0, y1).
+    fn count(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> u32 {
+        let s = |x: usize, y: usize| self.sums[y * (self.w + 1) + x];
+        s(x1, y1) + s(x0, y0) - s(x0, y1) - s(x1, y0)
+    }
+}
+
+/// A binary image (255 where `on`), rows computed in parallel.
+fn from_rows(w: usize, h: usize, on: impl Fn(usize, usize) -> bool + Sync) -> GrayImage {
+    use rayon::prelude::*;
+    let mut raw = vec![0u8; w * h];
+    raw.par_chunks_mut(w.max(1))
+        .enumerate()
+        .for_each(|(y, row)| {
+            for (x, v) in row.iter_mut().enumerate() {
+                *v = if on(x, y) { 255 } else { 0 };
+            }
+        });
+    GrayImage::from_raw(w as u32, h as u32, raw).unwrap_or_default()
+}
+
+/// `median_blur(k)` then `> level`, computed exactly as a majority vote: the median of a
+/// k x k window exceeds `level` iff at least (k² + 1) / 2 of its pixels do. Borders replicate
+/// the edge pixels, as OpenCV's medianBlur does.
+fn median_then_threshold(sat: &GrayImage, k: u32, level: u8) -> GrayImage {
+    let (w, h) = (sat.width() as usize, sat.height() as usize);
+    let r = (k / 2) as usize;
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    let raw = sat.as_raw();
+    let table = Integral::new(w + 2 * r, h + 2 * r, |x, y| {
+        let sx = clamp(x as isize - r as isize, w);
+        let sy = clamp(y as isize - r as isize, h);
+        raw[sy * w + sx] > level
+    });
+    let need = (k * k).div_ceil(2);
+    from_rows(w, h, |x, y| {
+        table.count(x, y, x + 2 * r + 1, y + 2 * r + 1) >= need
+    })
+}
+
+/// Binary morphology with a k x k kernel anchored at (k/2, k/2), as cv2.dilate/erode (pixels
+/// outside the image do not take part).
+fn binary_filter(binary: &GrayImage, k: u32, dilate: bool) -> GrayImage {
+    let (w, h) = (binary.width() as usize, binary.height() as usize);
+    let a = (k / 2) as isize;
+    let raw = binary.as_raw();
+    let table = Integral::new(w, h, |x, y| raw[y * w + x] > 0);
+    from_rows(w, h, |x, y| {
+        let lo = |v: usize, n: usize| ((v as isize - a).max(0) as usize).min(n);
+        let hi = |v: usize, n: usize| ((v as isize - a + k as isize).max(0) as usize).min(n);
+        let (x0, x1, y0, y1) = (lo(x, w), hi(x, w), lo(y, h), hi(y, h));
+        let count = table.count(x0, y0, x1, y1) as usize;
+        if dilate {
+            count > 0
+        } else {
+            count == (x1 - x0) * (y1 - y0)
+        }
+    })
+}
+
+/// The binary mask (255 = tissue) before contour finding, and the threshold used.
+pub fn binary_mask(sat: &GrayImage, params: &SegParams) -> (GrayImage, u8) {
+    let k = params.mthresh.max(1);
+    let mut binary = if params.use_otsu {
+        // Otsu needs the blurred image's histogram, so blur for real.
+        let blurred = median_filter(sat, k / 2, k / 2);
+        let level = otsu_level(&blurred);
+        (threshold(&blurred, level, ThresholdType::Binary), level)
+    } else {
+        (
+            median_then_threshold(sat, k, params.sthresh),
+            params.sthresh,
+        )
+    };
+    if params.close > 0 {
+        // cv2.morphologyEx(MORPH_CLOSE): dilate, then erode, same kernel of ones.
+        let dilated = binary_filter(&binary.0, params.close, true);
+        binary.0 = binary_filter(&dilated, params.close, false);
+    }
+    binary
 }
 
 /// Contours of `binary` with CLAM's area filters; `scale` maps segmentation pixels to level 0
@@ -220,6 +295,12 @@ pub fn tissue_contours(binary: &GrayImage, params: &SegParams, scale: [f64; 2]) 
         tissue.contours.push(outer);
         tissue.holes.push(kept);
     }
+    // OpenCV lists the outer borders in the reverse of their raster discovery order; CLAM's
+    // coords follow that order, so ours do too.
+    tissue.contours.reverse();
+    tissue.holes.reverse();
+    tissue.contours_level0.reverse();
+    tissue.holes_level0.reverse();
     tissue
 }
 
@@ -284,11 +365,45 @@ mod tests {
     }
 
     #[test]
+    fn fast_paths_equal_imageproc_median_and_morphology() {
+        use imageproc::morphology::{grayscale_dilate, grayscale_erode, Mask};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let sat = GrayImage::from_fn(37, 29, |_, _| Luma([rng.random_range(0..40u8)]));
+        for k in [1, 3, 7, 11] {
+            let fast = median_then_threshold(&sat, k, 18);
+            let slow = threshold(
+                &median_filter(&sat, k / 2, k / 2),
+                18,
+                ThresholdType::Binary,
+            );
+            assert_eq!(fast, slow, "median kernel {k}");
+        }
+        let binary = threshold(&sat, 30, ThresholdType::Binary);
+        for k in [2u32, 3, 4, 5] {
+            let kernel = GrayImage::from_pixel(k, k, Luma([255]));
+            let mask = Mask::from_image(&kernel, (k / 2) as u8, (k / 2) as u8);
+            assert_eq!(
+                binary_filter(&binary, k, true),
+                grayscale_dilate(&binary, &mask),
+                "dilate {k}"
+            );
+            assert_eq!(
+                binary_filter(&binary, k, false),
+                grayscale_erode(&binary, &mask),
+                "erode {k}"
+            );
+        }
+    }
+
+    #[test]
     fn otsu_picks_a_level_between_the_modes() {
         let mut params = SegParams::preset(SegPreset::Tcga);
         params.use_otsu = true;
-        let tissue = segment(&blob_image(), &params, [1.0, 1.0]);
-        assert!(tissue.threshold > 0);
-        assert!(tissue.threshold < 130);
+        params.a_t = 1.0;
+        let tissue = segment(&blob_image(), &params, [16.0, 16.0]);
+        // Background saturation 0, tissue 102: any level in [0, 102) separates them.
+        assert!(tissue.threshold < 102, "{}", tissue.threshold);
+        assert_eq!(tissue.contours.len(), 1);
     }
 }

@@ -144,8 +144,12 @@ pub fn analyse(entry: &SlideEntry, options: &TileConfig) -> Result<Analysis, Sli
     let params = seg_params(entry, options);
 
     let started = Instant::now();
+    // Strips are box-averaged to a physical resolution when one is set (the grid's mpp).
+    let strip_downsample = options
+        .seg_strip_mpp
+        .map_or(options.seg_downsample, |m| (m / grid_mpp).max(1.0));
     let low = slide
-        .low_res(options.seg_downsample)
+        .low_res(options.seg_downsample, strip_downsample)
         .map_err(|e| error(e.to_string()))?;
     let tissue = mask::segment(&low.image, &params, low.scale);
     let seconds_mask = started.elapsed().as_secs_f64();
@@ -211,14 +215,25 @@ fn parameters(
     let mut p = Parameters::new()
         .with("stage", "tile")
         .with("slide_fingerprint", fingerprint)
-        .with("slide_file", entry.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .with(
+            "slide_file",
+            entry
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
         .with("slide_mpp", slide_mpp)
         .with("mpp_source", source.as_str())
-        .with("mpp_rounding", format!("{:?}", options.mpp_rounding).to_lowercase())
+        .with(
+            "mpp_rounding",
+            format!("{:?}", options.mpp_rounding).to_lowercase(),
+        )
         .with("target_mpp", options.target_mpp)
         .with("patch_size", options.patch_size)
         .with("step_px", options.step)
         .with("seg_downsample", options.seg_downsample)
+        .with("seg_strip_mpp", format!("{:?}", options.seg_strip_mpp))
         .with("contour_fn", format!("{:?}", options.contour_fn))
         .with("allow_upsample", options.allow_upsample)
         .with("layout_version", 1);
@@ -289,7 +304,8 @@ fn process_slide(
     let error = |e: String| SlideFailure::Error(e);
     let output = patches_dir.join(format!("{}.h5", entry.id));
     let preview_path = masks_dir.join(format!("{}.png", entry.id));
-    let fp = fingerprint(&entry.path).map_err(|e| error(format!("{}: {e}", entry.path.display())))?;
+    let fp =
+        fingerprint(&entry.path).map_err(|e| error(format!("{}: {e}", entry.path.display())))?;
     // The stamp needs the mpp: opening the slide is cheap next to the mask.
     let slide = Slide::open(&entry.path).map_err(|e| error(e.to_string()))?;
     let (slide_mpp, source) = resolve_mpp(&slide, entry, options).map_err(error)?;
@@ -305,7 +321,12 @@ fn process_slide(
     }
     let a = analyse(entry, options)?;
     let png = preview::render(&a.low_res, a.scale, &a.tissue, &a.coords, a.plan.read_size)
-        .map_err(|e| error(format!("{}: cannot render the preview: {e}", preview_path.display())))?;
+        .map_err(|e| {
+            error(format!(
+                "{}: cannot render the preview: {e}",
+                preview_path.display()
+            ))
+        })?;
     std::fs::create_dir_all(masks_dir)
         .map_err(|e| error(format!("{}: {e}", masks_dir.display())))?;
     atomic::write_bytes(&preview_path, &png)
@@ -317,7 +338,7 @@ fn process_slide(
             "tissue found, but no patch position passed the contour rule"
         };
         return Err(SlideFailure::NoTissue(format!(
-            "{}: no tissue: {why} (threshold {}, a_t {} blocks of 512x512 level-0 px); see {} and try preset biopsy or smaller tile.a_t",
+            "{}: no tissue: {why} (threshold {}, a_t {} blocks of 512x512 level-0 px); look at {}, then try tile.preset: biopsy, a smaller tile.a_t, or a finer tile.seg_downsample",
             entry.path.display(),
             a.tissue.threshold,
             a.params.a_t,

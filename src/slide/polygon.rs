@@ -28,8 +28,7 @@ pub fn point_side(polygon: &[[i64; 2]], point: [i64; 2]) -> Side {
         previous = current;
         // Point on this edge: collinear and within its bounding box.
         let cross = (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0);
-        if cross == 0 && x0.min(x1) <= x && x <= x0.max(x1) && y0.min(y1) <= y && y <= y0.max(y1)
-        {
+        if cross == 0 && x0.min(x1) <= x && x <= x0.max(x1) && y0.min(y1) <= y && y <= y0.max(y1) {
             return Side::OnEdge;
         }
         // Half-open rule on y so a vertex on the ray is counted once.

@@ -8,7 +8,7 @@ use openslide_rs::{Address, OpenSlide, Region, Size};
 use rayon::prelude::*;
 
 /// Pixels per strip when building a low-resolution image from a finer level.
-const STRIP_PIXELS: u64 = 8 << 20;
+const STRIP_PIXELS: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlideError {
@@ -111,7 +111,13 @@ impl Slide {
     /// Level 0 fingerprint for cache stamps: vendor, level-0 size, level count.
     pub fn describe(&self) -> String {
         let (w, h) = self.dimensions(0);
-        format!("{} {}x{} levels={}", self.vendor(), w, h, self.level_count())
+        format!(
+            "{} {}x{} levels={}",
+            self.vendor(),
+            w,
+            h,
+            self.level_count()
+        )
     }
 
     /// `openslide_get_best_level_for_downsample`, CLAM's choice of segmentation level.
@@ -121,7 +127,14 @@ impl Slide {
 
     /// An RGB region (`x`, `y` in level-0 pixels; `w`, `h` in pixels of `level`), transparent
     /// areas composited over the slide's background colour.
-    pub fn read_rgb(&self, x: i64, y: i64, level: u32, w: u32, h: u32) -> Result<RgbImage, SlideError> {
+    pub fn read_rgb(
+        &self,
+        x: i64,
+        y: i64,
+        level: u32,
+        w: u32,
+        h: u32,
+    ) -> Result<RgbImage, SlideError> {
         let read_error = |message: String| SlideError::Read {
             path: self.path.clone(),
             level,
@@ -143,14 +156,28 @@ impl Slide {
     }
 
     /// The slide at about `downsample` (relative to level 0): the level OpenSlide picks for it
-    /// (CLAM's choice), box-averaged further when that level is much finer — read in strips, so
-    /// a single-level slide is never held whole in memory.
-    pub fn low_res(&self, downsample: f64) -> Result<LowRes, SlideError> {
+    /// (CLAM's choice); when that level is more than 8x finer (a single-level file), it is
+    /// box-averaged to `strip_downsample` instead, read in strips so that a large single-level
+    /// slide is never held whole in memory.
+    pub fn low_res(&self, downsample: f64, strip_downsample: f64) -> Result<LowRes, SlideError> {
         let level = self.best_level_for_downsample(downsample);
-        let level_ds = self.downsamples().get(level as usize).copied().unwrap_or(1.0);
-        let factor = ((downsample / level_ds).round() as u32).max(1);
+        let level_ds = self
+            .downsamples()
+            .get(level as usize)
+            .copied()
+            .unwrap_or(1.0);
+        // A pyramid level within 8x of the target is used as it is (CLAM's choice); only a
+        // slide without one (a single-level file) is box-averaged down from a finer level.
+        let factor = if level_ds >= downsample / 8.0 {
+            1
+        } else {
+            ((strip_downsample / level_ds).round() as u32).max(1)
+        };
         let (lw, lh) = self.dimensions(level);
-        let (ow, oh) = ((lw / u64::from(factor)).max(1), (lh / u64::from(factor)).max(1));
+        let (ow, oh) = (
+            (lw / u64::from(factor)).max(1),
+            (lh / u64::from(factor)).max(1),
+        );
         let rows_per_strip = (STRIP_PIXELS / lw.max(1)).max(1);
         let out_rows_per_strip = (rows_per_strip / u64::from(factor)).max(1);
         let strips: Vec<u64> = (0..oh).step_by(out_rows_per_strip as usize).collect();
@@ -210,7 +237,13 @@ mod tests {
 
     #[test]
     fn box_average_means_blocks() {
-        let strip = RgbImage::from_fn(4, 2, |x, _| if x < 2 { Rgb([0, 0, 0]) } else { Rgb([100, 50, 255]) });
+        let strip = RgbImage::from_fn(4, 2, |x, _| {
+            if x < 2 {
+                Rgb([0, 0, 0])
+            } else {
+                Rgb([100, 50, 255])
+            }
+        });
         let out = box_average(&strip, 2, 2, 1);
         assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(out.get_pixel(1, 0).0, [100, 50, 255]);
