@@ -527,10 +527,16 @@ impl Config {
                 "must be a positive number of um/px (or null)".into(),
             ));
         }
-        if tile.mthresh.is_some_and(|k| k % 2 == 0) {
+        if tile.mthresh.is_some_and(|k| k % 2 == 0 || k > 15) {
             return Err(invalid(
                 "tile.mthresh",
-                "the median kernel must be odd (CLAM: 7)".into(),
+                "the median kernel must be odd and at most 15 (CLAM: 7)".into(),
+            ));
+        }
+        if tile.close.is_some_and(|k| k > 15) {
+            return Err(invalid(
+                "tile.close",
+                "the closing kernel must be at most 15 (CLAM: 4)".into(),
             ));
         }
         if tile

@@ -3,7 +3,7 @@
 
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::contours::{find_contours, BorderType};
-use imageproc::contrast::{otsu_level, threshold, ThresholdType};
+use imageproc::contrast::otsu_level;
 use imageproc::filter::median_filter;
 
 use super::polygon::{self, Polygon};
@@ -144,93 +144,135 @@ pub fn saturation(rgb: &RgbImage) -> GrayImage {
     out
 }
 
-/// Summed-area table of `on` pixels over a `w` x `h` grid, (w + 1) x (h + 1) entries.
-struct Integral {
+/// Number of set pixels (0/1 values) in each pixel's window [x - before, x + after] x
+/// [y - before, y + after], by two running-sum passes (rows, then columns), in parallel over
+/// blocks of rows. Outside the image the edge pixels repeat (`replicate`, as OpenCV's
+/// medianBlur pads) or count as unset. Windows hold at most 255 pixels.
+fn window_counts(
+    on: &[u8],
     w: usize,
-    sums: Vec<u32>,
-}
-
-impl Integral {
-    fn new(w: usize, h: usize, on: impl Fn(usize, usize) -> bool) -> Self {
-        let mut sums = vec![0u32; (w + 1) * (h + 1)];
-        for y in 0..h {
-            let mut row = 0u32;
-            for x in 0..w {
-                row += u32::from(on(x, y));
-                sums[(y + 1) * (w + 1) + x + 1] = sums[y * (w + 1) + x + 1] + row;
-            }
-        }
-        Self { w, sums }
-    }
-
-    /// Count in [x0, x1) x [y0, y1).
-    fn count(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> u32 {
-        let s = |x: usize, y: usize| self.sums[y * (self.w + 1) + x];
-        s(x1, y1) + s(x0, y0) - s(x0, y1) - s(x1, y0)
-    }
-}
-
-/// A binary image (255 where `on`), rows computed in parallel.
-fn from_rows(w: usize, h: usize, on: impl Fn(usize, usize) -> bool + Sync) -> GrayImage {
+    h: usize,
+    before: usize,
+    after: usize,
+    replicate: bool,
+) -> Vec<u8> {
     use rayon::prelude::*;
-    let mut raw = vec![0u8; w * h];
-    raw.par_chunks_mut(w.max(1))
-        .enumerate()
-        .for_each(|(y, row)| {
-            for (x, v) in row.iter_mut().enumerate() {
-                *v = if on(x, y) { 255 } else { 0 };
+    const BLOCK_ROWS: usize = 64;
+    debug_assert!((before + after + 1).pow(2) <= 255);
+    // Index of the pixel that stands for position i in a line of n, or None outside.
+    let at = move |i: isize, n: usize| -> Option<usize> {
+        if (0..n as isize).contains(&i) {
+            Some(i as usize)
+        } else if replicate {
+            Some(i.clamp(0, n as isize - 1) as usize)
+        } else {
+            None
+        }
+    };
+    let (b, a) = (before as isize, after as isize);
+    let mut rows = vec![0u8; w * h];
+    rows.par_chunks_mut(w.max(1))
+        .zip(on.par_chunks(w.max(1)))
+        .for_each(|(out, line)| {
+            let value = |i: isize| at(i, w).map_or(0, |j| line[j]);
+            let mut sum: u8 = (-b..=a).map(value).sum();
+            let inner = (b as usize + 1)..w.saturating_sub(a as usize + 1);
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = sum;
+                sum = if inner.contains(&x) {
+                    sum + line[x + a as usize + 1] - line[x - b as usize]
+                } else {
+                    sum + value(x as isize + a + 1) - value(x as isize - b)
+                };
             }
         });
+    let mut counts = vec![0u8; w * h];
+    counts
+        .par_chunks_mut(BLOCK_ROWS * w.max(1))
+        .enumerate()
+        .for_each(|(block, out)| {
+            let y0 = (block * BLOCK_ROWS) as isize;
+            let mut sum = vec![0u8; w];
+            let add = |sum: &mut [u8], y: isize, plus: bool| {
+                if let Some(y) = at(y, h) {
+                    let src = &rows[y * w..(y + 1) * w];
+                    if plus {
+                        sum.iter_mut().zip(src).for_each(|(s, v)| *s += v);
+                    } else {
+                        sum.iter_mut().zip(src).for_each(|(s, v)| *s -= v);
+                    }
+                }
+            };
+            for y in y0 - b..=y0 + a {
+                add(&mut sum, y, true);
+            }
+            for (i, line) in out.chunks_mut(w.max(1)).enumerate() {
+                line.copy_from_slice(&sum);
+                let y = y0 + i as isize;
+                add(&mut sum, y + a + 1, true);
+                add(&mut sum, y - b, false);
+            }
+        });
+    counts
+}
+
+fn to_image(w: usize, h: usize, on: Vec<u8>) -> GrayImage {
+    let raw = on.into_iter().map(|v| v * 255).collect();
     GrayImage::from_raw(w as u32, h as u32, raw).unwrap_or_default()
 }
 
 /// `median_blur(k)` then `> level`, computed exactly as a majority vote: the median of a
 /// k x k window exceeds `level` iff at least (k² + 1) / 2 of its pixels do. Borders replicate
 /// the edge pixels, as OpenCV's medianBlur does.
-fn median_then_threshold(sat: &GrayImage, k: u32, level: u8) -> GrayImage {
+fn median_then_threshold(sat: &GrayImage, k: u32, level: u8) -> Vec<u8> {
     let (w, h) = (sat.width() as usize, sat.height() as usize);
+    let above: Vec<u8> = sat.as_raw().iter().map(|&v| u8::from(v > level)).collect();
     let r = (k / 2) as usize;
-    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
-    let raw = sat.as_raw();
-    let table = Integral::new(w + 2 * r, h + 2 * r, |x, y| {
-        let sx = clamp(x as isize - r as isize, w);
-        let sy = clamp(y as isize - r as isize, h);
-        raw[sy * w + sx] > level
-    });
-    let need = (k * k).div_ceil(2);
-    from_rows(w, h, |x, y| {
-        table.count(x, y, x + 2 * r + 1, y + 2 * r + 1) >= need
-    })
+    let need = (k * k).div_ceil(2) as u8;
+    window_counts(&above, w, h, r, r, true)
+        .into_iter()
+        .map(|c| u8::from(c >= need))
+        .collect()
 }
 
-/// Binary morphology with a k x k kernel anchored at (k/2, k/2), as cv2.dilate/erode (pixels
-/// outside the image do not take part).
-fn binary_filter(binary: &GrayImage, k: u32, dilate: bool) -> GrayImage {
-    let (w, h) = (binary.width() as usize, binary.height() as usize);
-    let a = (k / 2) as isize;
-    let raw = binary.as_raw();
-    let table = Integral::new(w, h, |x, y| raw[y * w + x] > 0);
-    from_rows(w, h, |x, y| {
-        let lo = |v: usize, n: usize| ((v as isize - a).max(0) as usize).min(n);
-        let hi = |v: usize, n: usize| ((v as isize - a + k as isize).max(0) as usize).min(n);
-        let (x0, x1, y0, y1) = (lo(x, w), hi(x, w), lo(y, h), hi(y, h));
-        let count = table.count(x0, y0, x1, y1) as usize;
-        if dilate {
-            count > 0
-        } else {
-            count == (x1 - x0) * (y1 - y0)
+/// Binary morphology (0/1 pixels) with a k x k kernel anchored at (k/2, k/2), as cv2.dilate /
+/// cv2.erode (pixels outside the image do not take part).
+fn binary_filter(on: &[u8], w: usize, h: usize, k: u32, dilate: bool) -> Vec<u8> {
+    let before = (k / 2) as usize;
+    let after = k as usize - 1 - before;
+    let counts = window_counts(on, w, h, before, after, false);
+    if dilate {
+        return counts.into_iter().map(|c| u8::from(c > 0)).collect();
+    }
+    let extent = |i: usize, n: usize| (i + after).min(n - 1) + 1 - i.saturating_sub(before);
+    let mut out = vec![0u8; w * h];
+    for (y, (line, cline)) in out
+        .chunks_mut(w.max(1))
+        .zip(counts.chunks(w.max(1)))
+        .enumerate()
+    {
+        let ey = extent(y, h);
+        for (x, (o, &c)) in line.iter_mut().zip(cline).enumerate() {
+            *o = u8::from(usize::from(c) == extent(x, w) * ey);
         }
-    })
+    }
+    out
 }
 
 /// The binary mask (255 = tissue) before contour finding, and the threshold used.
 pub fn binary_mask(sat: &GrayImage, params: &SegParams) -> (GrayImage, u8) {
+    let (w, h) = (sat.width() as usize, sat.height() as usize);
     let k = params.mthresh.max(1);
-    let mut binary = if params.use_otsu {
+    let (mut on, level) = if params.use_otsu {
         // Otsu needs the blurred image's histogram, so blur for real.
         let blurred = median_filter(sat, k / 2, k / 2);
         let level = otsu_level(&blurred);
-        (threshold(&blurred, level, ThresholdType::Binary), level)
+        let on = blurred
+            .as_raw()
+            .iter()
+            .map(|&v| u8::from(v > level))
+            .collect();
+        (on, level)
     } else {
         (
             median_then_threshold(sat, k, params.sthresh),
@@ -239,10 +281,10 @@ pub fn binary_mask(sat: &GrayImage, params: &SegParams) -> (GrayImage, u8) {
     };
     if params.close > 0 {
         // cv2.morphologyEx(MORPH_CLOSE): dilate, then erode, same kernel of ones.
-        let dilated = binary_filter(&binary.0, params.close, true);
-        binary.0 = binary_filter(&dilated, params.close, false);
+        let dilated = binary_filter(&on, w, h, params.close, true);
+        on = binary_filter(&dilated, w, h, params.close, false);
     }
-    binary
+    (to_image(w, h, on), level)
 }
 
 /// Contours of `binary` with CLAM's area filters; `scale` maps segmentation pixels to level 0
@@ -366,12 +408,14 @@ mod tests {
 
     #[test]
     fn fast_paths_equal_imageproc_median_and_morphology() {
+        use imageproc::contrast::{threshold, ThresholdType};
         use imageproc::morphology::{grayscale_dilate, grayscale_erode, Mask};
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let sat = GrayImage::from_fn(37, 29, |_, _| Luma([rng.random_range(0..40u8)]));
+        let (w, h) = (37, 29);
         for k in [1, 3, 7, 11] {
-            let fast = median_then_threshold(&sat, k, 18);
+            let fast = to_image(w, h, median_then_threshold(&sat, k, 18));
             let slow = threshold(
                 &median_filter(&sat, k / 2, k / 2),
                 18,
@@ -383,16 +427,11 @@ mod tests {
         for k in [2u32, 3, 4, 5] {
             let kernel = GrayImage::from_pixel(k, k, Luma([255]));
             let mask = Mask::from_image(&kernel, (k / 2) as u8, (k / 2) as u8);
-            assert_eq!(
-                binary_filter(&binary, k, true),
-                grayscale_dilate(&binary, &mask),
-                "dilate {k}"
-            );
-            assert_eq!(
-                binary_filter(&binary, k, false),
-                grayscale_erode(&binary, &mask),
-                "erode {k}"
-            );
+            let on: Vec<u8> = binary.as_raw().iter().map(|&v| u8::from(v > 0)).collect();
+            let dilated = to_image(w, h, binary_filter(&on, w, h, k, true));
+            let eroded = to_image(w, h, binary_filter(&on, w, h, k, false));
+            assert_eq!(dilated, grayscale_dilate(&binary, &mask), "dilate {k}");
+            assert_eq!(eroded, grayscale_erode(&binary, &mask), "erode {k}");
         }
     }
 

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use openslide_rs::{Address, OpenSlide, Region, Size};
 use rayon::prelude::*;
 
 /// Pixels per strip when building a low-resolution image from a finer level.
-const STRIP_PIXELS: u64 = 1 << 20;
+const STRIP_PIXELS: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlideError {
@@ -125,6 +125,39 @@ impl Slide {
         self.osr.best_level_for_downsample(downsample).unwrap_or(0)
     }
 
+    /// `openslide.background-color` (white when the slide names none).
+    fn background(&self) -> [u8; 3] {
+        self.property("openslide.background-color")
+            .filter(|hex| hex.len() == 6)
+            .and_then(|hex| {
+                let c = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+                Some([c(0)?, c(2)?, c(4)?])
+            })
+            .unwrap_or([255, 255, 255])
+    }
+
+    /// A raw region: premultiplied BGRA bytes, `w` x `h` pixels of `level`.
+    fn read_bgra(&self, x: i64, y: i64, level: u32, w: u32, h: u32) -> Result<Vec<u8>, SlideError> {
+        let read_error = |message: String| SlideError::Read {
+            path: self.path.clone(),
+            level,
+            x,
+            y,
+            message,
+        };
+        let (Ok(ax), Ok(ay)) = (u32::try_from(x), u32::try_from(y)) else {
+            return Err(read_error("negative or too large coordinates".into()));
+        };
+        let region = Region {
+            address: Address { x: ax, y: ay },
+            level,
+            size: Size { w, h },
+        };
+        self.osr
+            .read_region(&region)
+            .map_err(|e| read_error(e.to_string()))
+    }
+
     /// An RGB region (`x`, `y` in level-0 pixels; `w`, `h` in pixels of `level`), transparent
     /// areas composited over the slide's background colour.
     pub fn read_rgb(
@@ -174,28 +207,38 @@ impl Slide {
             ((strip_downsample / level_ds).round() as u32).max(1)
         };
         let (lw, lh) = self.dimensions(level);
-        let (ow, oh) = (
-            (lw / u64::from(factor)).max(1),
-            (lh / u64::from(factor)).max(1),
-        );
-        let rows_per_strip = (STRIP_PIXELS / lw.max(1)).max(1);
-        let out_rows_per_strip = (rows_per_strip / u64::from(factor)).max(1);
-        let strips: Vec<u64> = (0..oh).step_by(out_rows_per_strip as usize).collect();
-        let pieces: Vec<Result<(u64, RgbImage), SlideError>> = strips
-            .par_iter()
-            .map(|&out_y| {
-                let rows = out_rows_per_strip.min(oh - out_y);
-                let read_h = (rows * u64::from(factor)).min(lh - out_y * u64::from(factor));
-                let y0 = (out_y as f64 * f64::from(factor) * level_ds).round() as i64;
-                let strip = self.read_rgb(0, y0, level, lw as u32, read_h as u32)?;
-                Ok((out_y, box_average(&strip, factor, ow as u32, rows as u32)))
-            })
-            .collect();
-        let mut image = RgbImage::new(ow as u32, oh as u32);
-        for piece in pieces {
-            let (out_y, strip) = piece?;
-            image::imageops::replace(&mut image, &strip, 0, out_y as i64);
-        }
+        let f = u64::from(factor);
+        let (ow, oh) = ((lw / f).max(1), (lh / f).max(1));
+        // Strips of whole tile rows, so no tile is decoded twice.
+        let tile_h = self
+            .property(&format!("openslide.level[{level}].tile-height"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(256);
+        let read_rows = (STRIP_PIXELS / (lw.max(1) * tile_h)).max(1) * tile_h;
+        let out_rows = (read_rows / f).max(1) as usize;
+        let background = self.background();
+        let mut raw = vec![0u8; (ow * oh * 3) as usize];
+        // Each strip is read and converted (or box-averaged) straight into its output rows.
+        raw.par_chunks_mut(out_rows * ow as usize * 3)
+            .enumerate()
+            .try_for_each(|(i, out)| -> Result<(), SlideError> {
+                let out_y = (i * out_rows) as u64;
+                let rows = (out.len() / (ow as usize * 3)) as u64;
+                let read_h = (rows * f).min(lh - out_y * f);
+                let y0 = (out_y as f64 * f as f64 * level_ds).round() as i64;
+                let bgra = self.read_bgra(0, y0, level, lw as u32, read_h as u32)?;
+                average_into(
+                    &bgra,
+                    lw as usize,
+                    factor as usize,
+                    background,
+                    out,
+                    ow as usize,
+                );
+                Ok(())
+            })?;
+        let image = RgbImage::from_raw(ow as u32, oh as u32, raw).unwrap_or_default();
         let (w0, h0) = self.dimensions(0);
         Ok(LowRes {
             scale: [w0 as f64 / ow as f64, h0 as f64 / oh as f64],
@@ -206,29 +249,47 @@ impl Slide {
     }
 }
 
-/// Mean of each `factor` x `factor` block (area downsampling); `out_w` x `out_h` blocks.
-fn box_average(strip: &RgbImage, factor: u32, out_w: u32, out_h: u32) -> RgbImage {
-    if factor == 1 {
-        return image::imageops::crop_imm(strip, 0, 0, out_w, out_h).to_image();
-    }
-    let mut out = RgbImage::new(out_w, out_h);
-    let area = u32::pow(factor, 2);
-    for oy in 0..out_h {
-        for ox in 0..out_w {
+/// Premultiplied BGRA composited over `background`, as RGB.
+fn composite(px: &[u8], background: [u8; 3]) -> [u32; 3] {
+    let alpha = u32::from(px[3]);
+    let over = |c: u8, bg: u8| u32::from(c) + (u32::from(bg) * (255 - alpha) + 127) / 255;
+    [
+        over(px[2], background[0]).min(255),
+        over(px[1], background[1]).min(255),
+        over(px[0], background[2]).min(255),
+    ]
+}
+
+/// Writes the mean of each `factor` x `factor` block of a BGRA strip (`width` pixels wide)
+/// into `out`, RGB rows of `out_w` pixels (area downsampling; factor 1 converts only).
+fn average_into(
+    bgra: &[u8],
+    width: usize,
+    factor: usize,
+    background: [u8; 3],
+    out: &mut [u8],
+    out_w: usize,
+) {
+    let area = (factor * factor) as u32;
+    let strip_rows = bgra.len() / (4 * width.max(1));
+    for (oy, row) in out.chunks_mut(out_w * 3).enumerate() {
+        for (ox, px) in row.chunks_mut(3).enumerate() {
             let mut sum = [0u32; 3];
-            for y in oy * factor..((oy + 1) * factor).min(strip.height()) {
-                for x in ox * factor..(ox + 1) * factor {
-                    let p = strip.get_pixel(x, y).0;
-                    for c in 0..3 {
-                        sum[c] += u32::from(p[c]);
-                    }
+            for y in oy * factor..((oy + 1) * factor).min(strip_rows) {
+                let line =
+                    &bgra[(y * width + ox * factor) * 4..(y * width + (ox + 1) * factor) * 4];
+                for p in line.chunks_exact(4) {
+                    let c = composite(p, background);
+                    sum[0] += c[0];
+                    sum[1] += c[1];
+                    sum[2] += c[2];
                 }
             }
-            let px = sum.map(|s| ((s + area / 2) / area) as u8);
-            out.put_pixel(ox, oy, Rgb(px));
+            for c in 0..3 {
+                px[c] = ((sum[c] + area / 2) / area) as u8;
+            }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -236,16 +297,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn box_average_means_blocks() {
-        let strip = RgbImage::from_fn(4, 2, |x, _| {
-            if x < 2 {
-                Rgb([0, 0, 0])
-            } else {
-                Rgb([100, 50, 255])
-            }
-        });
-        let out = box_average(&strip, 2, 2, 1);
-        assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0]);
-        assert_eq!(out.get_pixel(1, 0).0, [100, 50, 255]);
+    fn averages_blocks_over_the_background() {
+        // Two 2x2 blocks: opaque black, and transparent (premultiplied 0) → the background.
+        let mut bgra = Vec::new();
+        for _ in 0..2 {
+            bgra.extend_from_slice(&[0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let mut out = vec![0u8; 6];
+        average_into(&bgra, 4, 2, [200, 100, 50], &mut out, 2);
+        assert_eq!(out, [0, 0, 0, 200, 100, 50]);
+        // Factor 1 converts BGRA to RGB.
+        let mut out = vec![0u8; 3];
+        average_into(&[10, 20, 30, 255], 1, 1, [255, 255, 255], &mut out, 1);
+        assert_eq!(out, [30, 20, 10]);
     }
 }
