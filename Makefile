@@ -41,8 +41,20 @@ test: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: setup
-	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit
+# The large 40x slide of the tile benchmark (81920 x 61440, ~0.8 GB) is generated once from the
+# real H&E tiles in ../shared/data/images; the Python packages that write it go into the venv.
+SHARED_IMAGES ?= ../shared/data/images
+LARGE_SLIDE := bench-out/large40x.svs
+$(LARGE_SLIDE): fixtures/slides/make_slides.py | setup
+	@if [ -d $(SHARED_IMAGES) ]; then \
+	  $(VENV)/bin/pip install -q numpy pillow tifffile imagecodecs && mkdir -p bench-out && \
+	  $(VENV)/bin/python fixtures/slides/make_slides.py $(SHARED_IMAGES) --large $@.partial && mv $@.partial $@; \
+	else echo "no $(SHARED_IMAGES): the tile benchmark runs on the fixture slides only"; fi
+
+# CLAM_DIR (a CLAM checkout) and CLAM_PYTHON (a Python with CLAM's requirements) add CLAM's own
+# timings and patch counts to the tile table.
+bench: setup $(LARGE_SLIDE)
+	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench tile
 	$(VENV)/bin/python scripts/bench_fit_pytorch.py
 
 # Genomics-only HDMoE and the SNN baseline on the real TCGA tables (needs ../shared/data/tcga;
