@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
 use crate::encode::EncoderKind;
+pub use crate::features::FeaturesConfig;
 use crate::model::loss::Distance;
 use crate::model::{Architecture, RfrEval};
 use crate::survival::RiskSplitRule;
@@ -44,6 +45,7 @@ pub struct Config {
     pub dataset: DatasetConfig,
     pub paths: PathsConfig,
     pub tile: TileConfig,
+    pub features: FeaturesConfig,
     pub genomics: GenomicsConfig,
     pub mri: MriConfig,
     pub model: ModelConfig,
@@ -546,6 +548,25 @@ impl Config {
             return Err(invalid(
                 "tile.fallback_mpp",
                 "must be a positive number of um/px".into(),
+            ));
+        }
+        let features = &self.features;
+        if !matches!(
+            features.encoder,
+            EncoderKind::Resnet50Trunc | EncoderKind::Resnet50
+        ) {
+            return Err(invalid(
+                "features.encoder",
+                format!(
+                    "`{}` is not a slide encoder; use resnet50_trunc or resnet50",
+                    features.encoder.name()
+                ),
+            ));
+        }
+        if features.batch_size == 0 || features.resize == Some(0) {
+            return Err(invalid(
+                "features.batch_size",
+                "batch_size and resize must be at least 1".into(),
             ));
         }
         let mri = &self.mri;

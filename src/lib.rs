@@ -8,6 +8,7 @@ pub mod cohort;
 pub mod config;
 pub mod doctor;
 pub mod encode;
+pub mod features;
 pub mod genomics;
 pub mod labels;
 pub mod model;

@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::shard::Shard;
-use hdmoe_pipe::{doctor, genomics, labels, mri, report, slide, train};
+use hdmoe_pipe::{doctor, features, genomics, labels, mri, report, slide, train};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
 ///
-/// Stages available in this build: config, cohort, tile, genomics, mri, fit, report, doctor. Every stage reads the
+/// Stages available in this build: config, cohort, tile, features, genomics, mri, fit, report, doctor. Every stage reads the
 /// dataset's YAML (`--config pipelines/<name>.yaml`); `--set section.key=value` overrides one
 /// value. Keys and defaults: docs/CONFIG.md.
 #[derive(Parser)]
@@ -38,6 +38,9 @@ enum Command {
     /// Tissue mask and 20x patch grid for every slide (cache/patches/<slide>.h5 with CLAM's
     /// `coords`, and a preview cache/masks/<slide>.png).
     Tile(TileCmd),
+    /// Encode every tiled slide's patches with a ResNet-50 (GPU when present):
+    /// cache/features/<slide>.h5 with `features` [N, D] and `coords` (CLAM's h5_files layout).
+    Features(MriCmd),
     /// Group the cohort table's gene columns into the gene families of signatures.csv
     /// (cache/genomics.h5, one row per patient, raw values).
     Genomics(StageCmd),
@@ -91,11 +94,11 @@ struct StageCmd {
 struct MriCmd {
     #[command(flatten)]
     stage: StageCmd,
-    /// Run without `mri.weights`: seeded random encoder weights (from train.seed); the outputs
-    /// are stamped as not pretrained.
+    /// Run without encoder weights (`features.weights` / `mri.weights`): seeded random weights
+    /// (from train.seed); the outputs are stamped as not pretrained.
     #[arg(long)]
     random_weights: bool,
-    /// Handle only shard I of N (cases in name order, every N-th from I), e.g. 0/3.
+    /// Handle only shard I of N (slides or cases in name order, every N-th from I), e.g. 0/3.
     #[arg(long, value_name = "I/N", default_value = "0/1")]
     shard: Shard,
 }
@@ -192,6 +195,29 @@ fn run(cli: Cli) -> Result<()> {
                     bad + result.done + result.kept,
                     result.failed.len(),
                     result.no_tissue.len(),
+                    result.manifest.display()
+                );
+            }
+        }
+        Command::Features(args) => {
+            let config = args.stage.config.load()?;
+            let result = features::run(&config, args.stage.force, args.random_weights, args.shard)?;
+            let t = &result.timing;
+            println!(
+                "features: {} slides encoded ({} patches, {:.1} patches/s on {}), {} kept (same parameters), {} failed; manifest {}",
+                result.done,
+                t.patches,
+                t.patches as f64 / t.wall_s.max(1e-9),
+                result.devices.join(", "),
+                result.kept,
+                result.failed.len(),
+                result.manifest.display()
+            );
+            if !result.failed.is_empty() {
+                anyhow::bail!(
+                    "features: {} of {} slides failed (listed in {})",
+                    result.failed.len(),
+                    result.failed.len() + result.done + result.kept,
                     result.manifest.display()
                 );
             }

@@ -5,33 +5,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, hashed_tensor};
+use common::{fixture, hashed_tensor, hashed_weights};
 use hdmoe_pipe::encode::{read_state_dict, EncodeError, Encoder, EncoderKind};
-use tch::{nn, Device, Tensor};
+use tch::Device;
 
 fn reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("encoders/reference.json")).unwrap())
         .unwrap()
-}
-
-/// Writes the hashed weights of every parameter `kind` has to a safetensors file.
-fn hashed_weights(kind: EncoderKind, dir: &Path) -> std::path::PathBuf {
-    let vs = nn::VarStore::new(Device::Cpu);
-    match kind {
-        EncoderKind::Resnet3d18 => drop(hdmoe_pipe::encode::resnet3d::r3d_18(&vs.root())),
-        _ => drop(hdmoe_pipe::encode::resnet2d::resnet50(&vs.root(), false)),
-    }
-    let named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| {
-            let value = hashed_tensor(&name, &t.size());
-            (name, value)
-        })
-        .collect();
-    let path = dir.join(format!("{}.safetensors", kind.name()));
-    Tensor::write_safetensors(&named, &path).unwrap();
-    path
 }
 
 fn check(kind: EncoderKind, key: &str, weights: &Path) {

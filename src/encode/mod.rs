@@ -112,8 +112,8 @@ pub struct Encoder {
     pub kind: EncoderKind,
     pub device: Device,
     pub weights: WeightsSource,
-    // Kept alive for the network's parameters.
-    _vs: nn::VarStore,
+    // Holds the network's parameters.
+    vs: nn::VarStore,
     net: nn::SequentialT,
 }
 
@@ -155,9 +155,36 @@ impl Encoder {
             kind,
             device,
             weights,
-            _vs: vs,
+            vs,
             net,
         })
+    }
+
+    /// Casts the parameters to `kind` (Half or BFloat16 for GPU inference) and, on CUDA, lays
+    /// the 4-D convolution weights out channels-last, so cuDNN runs its NHWC tensor-core kernels
+    /// on channels-last inputs.
+    pub fn set_precision(&mut self, kind: Kind) {
+        match kind {
+            Kind::Half => self.vs.half(),
+            Kind::BFloat16 => self.vs.bfloat16(),
+            _ => {}
+        }
+        if self.device.is_cuda() {
+            tch::no_grad(|| {
+                for (_, mut var) in self.vs.variables() {
+                    if var.dim() == 4 {
+                        let nhwc = var.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                        var.set_data(&nhwc);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Inference on a batch already on the encoder's device and in its precision; the
+    /// result stays there.
+    pub fn forward_on_device(&self, input: &Tensor) -> Tensor {
+        tch::no_grad(|| self.net.forward_t(input, false))
     }
 
     /// Inference (batch-norm running statistics, no gradients) on `input`, moved to the

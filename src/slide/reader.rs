@@ -158,6 +158,26 @@ impl Slide {
             .map_err(|e| read_error(e.to_string()))
     }
 
+    /// An RGB region as interleaved bytes (`w` x `h` pixels of `level`, top-left at level-0
+    /// `x`, `y`), composited over the slide's background colour.
+    pub fn read_rgb_bytes(
+        &self,
+        x: i64,
+        y: i64,
+        level: u32,
+        w: u32,
+        h: u32,
+    ) -> Result<Vec<u8>, SlideError> {
+        let bgra = self.read_bgra(x, y, level, w, h)?;
+        let background = self.background();
+        let mut rgb = vec![0u8; bgra.len() / 4 * 3];
+        for (out, px) in rgb.chunks_exact_mut(3).zip(bgra.chunks_exact(4)) {
+            let c = composite(px, background);
+            out.copy_from_slice(&[c[0] as u8, c[1] as u8, c[2] as u8]);
+        }
+        Ok(rgb)
+    }
+
     /// An RGB region (`x`, `y` in level-0 pixels; `w`, `h` in pixels of `level`), transparent
     /// areas composited over the slide's background colour.
     pub fn read_rgb(

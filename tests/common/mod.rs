@@ -109,3 +109,29 @@ pub fn hashed_tensor(name: &str, shape: &[i64]) -> tch::Tensor {
         .collect();
     tch::Tensor::from_slice(&values).reshape(shape)
 }
+
+/// Writes the hashed weights of every parameter `kind` has to a safetensors file in `dir`
+/// (the state dict fixtures/encoders/make_reference.py gives torchvision).
+pub fn hashed_weights(
+    kind: hdmoe_pipe::encode::EncoderKind,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    use hdmoe_pipe::encode::EncoderKind;
+    use tch::{nn, Device, Tensor};
+    let vs = nn::VarStore::new(Device::Cpu);
+    match kind {
+        EncoderKind::Resnet3d18 => drop(hdmoe_pipe::encode::resnet3d::r3d_18(&vs.root())),
+        _ => drop(hdmoe_pipe::encode::resnet2d::resnet50(&vs.root(), false)),
+    }
+    let named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| {
+            let value = hashed_tensor(&name, &t.size());
+            (name, value)
+        })
+        .collect();
+    let path = dir.join(format!("{}.safetensors", kind.name()));
+    Tensor::write_safetensors(&named, &path).expect("write safetensors");
+    path
+}

@@ -1,0 +1,541 @@
+//! `hdmoe-pipe features`: every tiled slide's patches through a ResNet-50 (CLAM's truncated
+//! 1024-d encoder by default) in libtorch; `features/<slide>.h5` holds `features` [N, D] and
+//! `coords` [N, 2] in the patches file's order (CLAM's `h5_files/` layout).
+//!
+//! Reading runs on a thread pool feeding a bounded queue of ready batches
+//! ([`pipeline::produce`]); the model drains it on one thread per device, so the device waits for
+//! I/O only when the readers are slower than the model (the `wait` time in the report).
+
+pub mod patch;
+pub mod pipeline;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ndarray::{s, Array2};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::config::Config;
+use crate::encode::{self, EncodeError, Encoder, EncoderKind};
+use crate::shard::Shard;
+use crate::slide::list::{self, ListError};
+use patch::Geometry;
+use pipeline::{Job, Message};
+
+const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+const NORMALIZATION: &str = "imagenet mean=[0.485,0.456,0.406] std=[0.229,0.224,0.225]";
+
+/// Arithmetic of the encoder's forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    fn kind(self) -> Kind {
+        match self {
+            Self::Fp32 => Kind::Float,
+            Self::Fp16 => Kind::Half,
+            Self::Bf16 => Kind::BFloat16,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturesError {
+    #[error("configuration: `paths.slides` is not set; the features stage reads the slides that `tile` tiled")]
+    NoSlides,
+    #[error("configuration: `features.precision: {0}` needs a CUDA device; use fp32 on the CPU")]
+    HalfOnCpu(&'static str),
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot start the reader threads: {0}")]
+    Pool(String),
+}
+
+/// Where the time went, summed over the run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    pub patches: usize,
+    /// Reader threads' seconds in OpenSlide (region read + JPEG decode), summed over threads.
+    pub read_s: f64,
+    /// Reader threads' seconds resizing, summed over threads.
+    pub resize_s: f64,
+    /// Model seconds (transfer, normalisation, forward pass, results back).
+    pub model_s: f64,
+    /// Seconds the model waited for a ready batch.
+    pub wait_s: f64,
+    /// Wall seconds of the extraction.
+    pub wall_s: f64,
+}
+
+impl Timing {
+    fn add(&mut self, other: &Timing) {
+        self.patches += other.patches;
+        self.read_s += other.read_s;
+        self.resize_s += other.resize_s;
+        self.model_s += other.model_s;
+        self.wait_s += other.wait_s;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FeaturesReport {
+    pub done: usize,
+    pub kept: usize,
+    pub failed: Vec<(String, String)>,
+    pub manifest: PathBuf,
+    pub timing: Timing,
+    pub devices: Vec<String>,
+}
+
+/// The devices `spec` names: `auto` is every CUDA device (else the CPU).
+pub fn devices(spec: &str) -> Result<Vec<Device>, EncodeError> {
+    if spec.trim() == "auto" && tch::Cuda::is_available() {
+        let n = tch::Cuda::device_count().max(1) as usize;
+        return Ok((0..n).map(Device::Cuda).collect());
+    }
+    Ok(vec![encode::parse_device(spec)?])
+}
+
+/// A slide to encode: its id, output, and how to read it.
+struct Work {
+    id: String,
+    output: PathBuf,
+    parameters: Parameters,
+    job: Job,
+}
+
+/// Reads a patches file (ours or CLAM's): coords and how to read them.
+fn read_patches(
+    path: &Path,
+    resize: Option<u32>,
+) -> Result<(Vec<[i64; 2]>, Geometry, String), String> {
+    let fail = |e: hdf5::Error| format!("{}: {e}", path.display());
+    let file = hdf5::File::open(path).map_err(fail)?;
+    let coords = file.dataset("coords").map_err(fail)?;
+    let array: Array2<i64> = coords.read_2d().map_err(fail)?;
+    let int = |name: &str| -> Result<i64, String> {
+        coords
+            .attr(name)
+            .and_then(|a| a.read_scalar::<i64>())
+            .map_err(|e| format!("{}: attribute `{name}` of `coords`: {e}", path.display()))
+    };
+    let level = int("patch_level")?;
+    let patch_size = int("patch_size")?;
+    // CLAM's files have no level_read_size: they read patch_size pixels at patch_level.
+    let read_size = int("level_read_size").unwrap_or(patch_size);
+    let input_size = resize.map_or(patch_size, i64::from);
+    let positive = |v: i64, what: &str| {
+        u32::try_from(v)
+            .ok()
+            .filter(|&v| v > 0 || what == "patch_level")
+            .ok_or_else(|| format!("{}: `{what}` {v} is not a valid size", path.display()))
+    };
+    let geometry = Geometry {
+        level: positive(level, "patch_level")?,
+        read_size: positive(read_size, "level_read_size")?,
+        input_size: positive(input_size, "input size")?,
+    };
+    let stamp = cache::read_str_attr(&file, "parameters").unwrap_or_else(|_| "clam".into());
+    let coords = array.outer_iter().map(|r| [r[0], r[1]]).collect();
+    Ok((coords, geometry, stamp))
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The encoder's input on its device: u8 NHWC bytes → normalised NCHW in `kind` (channels-last
+/// strides on CUDA, contiguous on the CPU).
+fn to_input(pixels: &[u8], rows: usize, size: u32, device: Device, kind: Kind) -> Tensor {
+    let s = i64::from(size);
+    let x = Tensor::from_slice(pixels).view([rows as i64, s, s, 3]);
+    let x = if device.is_cuda() {
+        x.pin_memory(device)
+            .to_device_(device, Kind::Uint8, true, false)
+    } else {
+        x
+    };
+    let mean = Tensor::from_slice(&IMAGENET_MEAN)
+        .view([1, 3, 1, 1])
+        .to_device(device)
+        .to_kind(Kind::Float);
+    let std = Tensor::from_slice(&IMAGENET_STD)
+        .view([1, 3, 1, 1])
+        .to_device(device)
+        .to_kind(Kind::Float);
+    let x = ((x.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0) - mean) / std;
+    if device.is_cuda() {
+        x.to_kind(kind)
+    } else {
+        x.contiguous()
+    }
+}
+
+/// Features of one batch, as float32 rows on the CPU.
+pub fn embed(encoder: &Encoder, pixels: &[u8], rows: usize, size: u32, kind: Kind) -> Tensor {
+    let x = to_input(pixels, rows, size, encoder.device, kind);
+    encoder
+        .forward_on_device(&x)
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+}
+
+/// Drains one job's messages into `output`; returns its timing. On any error the rest of the
+/// job's messages are still consumed, so the next job starts at its first batch.
+fn consume(
+    work: &Work,
+    encoder: &Encoder,
+    kind: Kind,
+    receiver: &mpsc::Receiver<Message>,
+) -> Result<Timing, String> {
+    let n = work.job.coords.len();
+    let dim = encoder.kind.feature_dim() as usize;
+    let size = work.job.geometry.input_size;
+    let mut timing = Timing::default();
+    let mut ended = false;
+    let mut reader_error = None;
+    let result = cache::write_h5(&work.output, |file| {
+        cache::stamp(file, &work.parameters)?;
+        cache::write_str_attr(file, "software_version", crate::VERSION)?;
+        let mut coords = Array2::<i64>::zeros((n, 2));
+        for (i, c) in work.job.coords.iter().enumerate() {
+            coords[[i, 0]] = c[0];
+            coords[[i, 1]] = c[1];
+        }
+        file.new_dataset_builder()
+            .obj_track_times(false)
+            .with_data(&coords)
+            .create("coords")?;
+        let features = file
+            .new_dataset::<f32>()
+            .obj_track_times(false)
+            .shape([n, dim])
+            .create("features")?;
+        let mut row = 0;
+        loop {
+            let waited = Instant::now();
+            let message = receiver
+                .recv()
+                .map_err(|_| hdf5::Error::from("the reader threads stopped"))?;
+            timing.wait_s += waited.elapsed().as_secs_f64();
+            match message {
+                Message::Batch {
+                    pixels,
+                    rows,
+                    read_s,
+                    resize_s,
+                } => {
+                    let started = Instant::now();
+                    let out = embed(encoder, &pixels, rows, size, kind);
+                    let values = Vec::<f32>::try_from(&out.reshape([-1]))
+                        .map_err(|e| hdf5::Error::from(format!("libtorch: {e}")))?;
+                    timing.model_s += started.elapsed().as_secs_f64();
+                    timing.read_s += read_s;
+                    timing.resize_s += resize_s;
+                    let block = Array2::from_shape_vec((rows, dim), values)
+                        .map_err(|e| hdf5::Error::from(e.to_string()))?;
+                    if row + rows > n {
+                        return Err(hdf5::Error::from("more patches than coordinates"));
+                    }
+                    features.write_slice(&block, s![row..row + rows, ..])?;
+                    row += rows;
+                }
+                Message::End => {
+                    ended = true;
+                    break;
+                }
+                Message::Failed(message) => {
+                    ended = true;
+                    reader_error = Some(message.clone());
+                    return Err(hdf5::Error::from(message));
+                }
+            }
+        }
+        if row != n {
+            return Err(hdf5::Error::from(format!("{row} of {n} patches encoded")));
+        }
+        timing.patches = n;
+        Ok(())
+    });
+    while !ended {
+        match receiver.recv() {
+            Ok(Message::End | Message::Failed(_)) | Err(_) => ended = true,
+            Ok(Message::Batch { .. }) => {}
+        }
+    }
+    match (result, reader_error) {
+        (Ok(()), _) => Ok(timing),
+        (Err(_), Some(message)) => Err(message),
+        (Err(e), None) => Err(e.to_string()),
+    }
+}
+
+/// `features` for a whole cohort (or one shard of it).
+pub fn run(
+    config: &Config,
+    force: bool,
+    random_weights: bool,
+    shard: Shard,
+) -> Result<FeaturesReport, FeaturesError> {
+    let options = &config.features;
+    let source = config
+        .paths
+        .slides
+        .as_deref()
+        .ok_or(FeaturesError::NoSlides)?;
+    let entries = list::list(source)?;
+    if options.weights.is_none() && !random_weights {
+        return Err(EncodeError::NoWeights {
+            key: "features.weights",
+        }
+        .into());
+    }
+    let devices = devices(&options.device)?;
+    if options.precision != Precision::Fp32 && devices.iter().any(|d| !d.is_cuda()) {
+        return Err(FeaturesError::HalfOnCpu(options.precision.name()));
+    }
+    let kind = options.precision.kind();
+    let mut encoders = Vec::new();
+    for &device in &devices {
+        let mut encoder = Encoder::new(
+            options.encoder,
+            device,
+            options.weights.as_deref(),
+            config.train.seed,
+        )?;
+        encoder.set_precision(kind);
+        encoders.push(encoder);
+    }
+    if devices.iter().any(|d| d.is_cuda()) {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let cache_dir = config.cache_dir();
+    let patches_dir = cache_dir.join("patches");
+    let out_dir = config
+        .paths
+        .features
+        .clone()
+        .unwrap_or_else(|| cache_dir.join("features"));
+    let mut manifest = Manifest::new(
+        &cache_dir,
+        &crate::mri::shard_manifest_name("features", shard),
+    );
+    let mut report = FeaturesReport {
+        devices: devices.iter().map(|d| format!("{d:?}")).collect(),
+        ..FeaturesReport::default()
+    };
+    let weights_stamp = encoders[0].weights.stamp();
+
+    // Which slides need encoding.
+    let mut todo: Vec<Work> = Vec::new();
+    for (k, entry) in entries.iter().enumerate() {
+        if !shard.owns(k) {
+            continue;
+        }
+        let started = Instant::now();
+        let patches = patches_dir.join(format!("{}.h5", entry.id));
+        let output = out_dir.join(format!("{}.h5", entry.id));
+        let prepared = (|| -> Result<Option<Work>, String> {
+            if !patches.is_file() {
+                return Err(format!(
+                    "{}: no patches file; run `hdmoe-pipe tile` first (it records why a slide gave none in tile_manifest.csv)",
+                    patches.display()
+                ));
+            }
+            let (coords, geometry, stamp) = read_patches(&patches, options.resize)?;
+            if coords.is_empty() {
+                return Err(format!("{}: holds no patches", patches.display()));
+            }
+            let parameters = Parameters::new()
+                .with("stage", "features")
+                .with("encoder", options.encoder.name())
+                .with("weights_sha256", &weights_stamp)
+                .with("input_size", geometry.input_size)
+                .with("normalization", NORMALIZATION)
+                .with("precision", options.precision.name())
+                .with("patch_level", geometry.level)
+                .with("level_read_size", geometry.read_size)
+                .with(
+                    "patches_sha256",
+                    sha256_hex(&format!("{stamp}\n{}", coords.len())),
+                )
+                .with("layout_version", 1);
+            match cache::freshness(&output, &parameters, force) {
+                Freshness::Done => Ok(None),
+                Freshness::Mismatch(d) => Err(cache::mismatch_message(&output, &d)),
+                Freshness::Missing | Freshness::Unreadable(_) => Ok(Some(Work {
+                    id: entry.id.clone(),
+                    output: output.clone(),
+                    parameters,
+                    job: Job {
+                        slide: entry.path.clone(),
+                        geometry,
+                        coords,
+                    },
+                })),
+            }
+        })();
+        match prepared {
+            Ok(Some(work)) => todo.push(work),
+            Ok(None) => {
+                report.kept += 1;
+                manifest.record(&entry.id, Status::Skipped, started, "kept: same parameters");
+            }
+            Err(message) => {
+                tracing::error!("slide {}: {message}", entry.id);
+                manifest.record(&entry.id, Status::Failed, started, &message);
+                report.failed.push((entry.id.clone(), message));
+            }
+        }
+    }
+    manifest.save()?;
+
+    let readers = if options.readers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        options.readers
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(readers)
+        .build()
+        .map_err(|e| FeaturesError::Pool(e.to_string()))?;
+    // Slides are dealt to the devices in turn; each device has its own queue and model thread.
+    let n_devices = encoders.len();
+    let mut shares: Vec<Vec<Work>> = (0..n_devices).map(|_| Vec::new()).collect();
+    for (i, work) in todo.into_iter().enumerate() {
+        shares[i % n_devices].push(work);
+    }
+    let manifest = std::sync::Mutex::new(manifest);
+    let progress = std::sync::Mutex::new(crate::progress::Progress::new(
+        "features slides",
+        shares.iter().map(Vec::len).sum(),
+    ));
+    let started_all = Instant::now();
+    let outcomes: Vec<Vec<(String, Result<Timing, String>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .zip(encoders)
+            .map(|(share, encoder)| {
+                let pool = &pool;
+                let manifest = &manifest;
+                let progress = &progress;
+                scope.spawn(move || {
+                    let (sender, receiver) = mpsc::sync_channel(options.queue_batches.max(1));
+                    let jobs: Vec<Job> = share.iter().map(|w| w.job.clone()).collect();
+                    let batch = options.batch_size;
+                    let mut results = Vec::new();
+                    std::thread::scope(|inner| {
+                        inner.spawn(move || pipeline::produce(jobs, batch, pool, sender));
+                        for work in &share {
+                            let started = Instant::now();
+                            let outcome = consume(work, &encoder, kind, &receiver);
+                            let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
+                            match &outcome {
+                                Ok(t) => m.record(
+                                    &work.id,
+                                    Status::Done,
+                                    started,
+                                    &format!("{} patches", t.patches),
+                                ),
+                                Err(message) => {
+                                    tracing::error!("slide {}: {message}", work.id);
+                                    m.record(&work.id, Status::Failed, started, message);
+                                }
+                            }
+                            if let Err(e) = m.save() {
+                                tracing::error!("{e}");
+                            }
+                            drop(m);
+                            progress.lock().unwrap_or_else(|e| e.into_inner()).inc();
+                            results.push((work.id.clone(), outcome));
+                        }
+                        drop(receiver);
+                    });
+                    results
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    report.timing.wall_s = started_all.elapsed().as_secs_f64();
+    for results in outcomes {
+        for (id, outcome) in results {
+            match outcome {
+                Ok(t) => {
+                    report.done += 1;
+                    report.timing.add(&t);
+                }
+                Err(message) => report.failed.push((id, message)),
+            }
+        }
+    }
+    let mut manifest = manifest.into_inner().unwrap_or_else(|e| e.into_inner());
+    manifest.sort();
+    manifest.save()?;
+    report.failed.sort();
+    report.manifest = manifest.path().to_owned();
+    Ok(report)
+}
+
+/// The configuration's `features` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// `resnet50_trunc` (1024-d, CLAM's) or `resnet50` (2048-d).
+    pub encoder: EncoderKind,
+    /// torchvision's ResNet-50 state dict (.pth or .safetensors).
+    pub weights: Option<PathBuf>,
+    /// Encoder input side: null = the patch size (legacy CLAM, 256 unresized); 224 = current CLAM.
+    pub resize: Option<u32>,
+    pub batch_size: usize,
+    /// `auto` (every CUDA device, else the CPU), `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    pub precision: Precision,
+    /// Reader threads (0 = one per core).
+    pub readers: usize,
+    /// Ready batches buffered between the readers and the model.
+    pub queue_batches: usize,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            encoder: EncoderKind::Resnet50Trunc,
+            weights: None,
+            resize: None,
+            batch_size: 64,
+            device: "auto".into(),
+            precision: Precision::Fp32,
+            readers: 0,
+            queue_batches: 4,
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The features stage: features of real H&E patches equal torchvision's (same state dict) to
+//! 1e-4 on the CPU, through the whole stage from a CLAM-style patches file; outputs keep CLAM's
+//! layout, are resumable and refuse mismatched parameters; bad slides fail alone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixture, hashed_weights};
+use hdmoe_pipe::cache::read_str_attr;
+use hdmoe_pipe::config::Config;
+use hdmoe_pipe::encode::EncoderKind;
+use hdmoe_pipe::features;
+use hdmoe_pipe::shard::Shard;
+use hdmoe_pipe::slide;
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("features/reference.json")).expect("reference");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// A patches file as CLAM writes one: `coords` with `patch_level` and `patch_size` only.
+fn clam_patches(path: &Path, coords: &[[i64; 2]], size: i64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = hdf5::File::create(path).unwrap();
+    let mut array = ndarray::Array2::<i64>::zeros((coords.len(), 2));
+    for (i, c) in coords.iter().enumerate() {
+        array[[i, 0]] = c[0];
+        array[[i, 1]] = c[1];
+    }
+    let ds = file
+        .new_dataset_builder()
+        .with_data(&array)
+        .create("coords")
+        .unwrap();
+    ds.new_attr::<i64>()
+        .create("patch_level")
+        .unwrap()
+        .write_scalar(&0)
+        .unwrap();
+    ds.new_attr::<i64>()
+        .create("patch_size")
+        .unwrap()
+        .write_scalar(&size)
+        .unwrap();
+}
+
+fn config(dir: &Path, slides: &Path, sets: &[String]) -> Config {
+    let mut overrides = vec![
+        format!("paths.slides={}", slides.display()),
+        format!("paths.cache={}", dir.join("cache").display()),
+        "features.device=cpu".to_owned(),
+        "features.batch_size=3".to_owned(),
+    ];
+    overrides.extend_from_slice(sets);
+    Config::load(None, &overrides).expect("config")
+}
+
+fn read_features(path: &Path) -> ndarray::Array2<f32> {
+    hdf5::File::open(path)
+        .and_then(|f| f.dataset("features"))
+        .and_then(|d| d.read_2d())
+        .expect("features")
+}
+
+#[test]
+fn features_of_real_patches_match_torchvision() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = hashed_weights(EncoderKind::Resnet50, dir.path());
+    let slides = dir.path().join("slides");
+    std::fs::create_dir_all(&slides).unwrap();
+    std::fs::copy(
+        fixture("slides/aperio20x.svs"),
+        slides.join("aperio20x.svs"),
+    )
+    .unwrap();
+    let want = reference();
+    let coords: Vec<[i64; 2]> = want["coords"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| [c[0].as_i64().unwrap(), c[1].as_i64().unwrap()])
+        .collect();
+    clam_patches(&dir.path().join("cache/patches/aperio20x.h5"), &coords, 256);
+    let cfg = config(
+        dir.path(),
+        &slides,
+        &[format!("features.weights={}", weights.display())],
+    );
+    let report = features::run(&cfg, false, false, Shard::ALL).expect("features");
+    assert_eq!(report.done, 1, "{report:?}");
+    assert_eq!(report.timing.patches, 4);
+    let out = dir.path().join("cache/features/aperio20x.h5");
+    let got = read_features(&out);
+    assert_eq!(got.dim(), (4, 1024));
+    let mut worst = 0f64;
+    for (i, row) in want["features"].as_array().unwrap().iter().enumerate() {
+        for (j, v) in row.as_array().unwrap().iter().enumerate() {
+            let w = v.as_f64().unwrap();
+            worst = worst.max((f64::from(got[[i, j]]) - w).abs() / w.abs().max(1.0));
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "largest difference from torchvision {worst:e}"
+    );
+    // The pixels themselves are the ones torchvision saw.
+    let s = slide::reader::Slide::open(&slides.join("aperio20x.svs")).unwrap();
+    for (c, sum) in coords.iter().zip(want["pixel_sums"].as_array().unwrap()) {
+        let rgb = s.read_rgb_bytes(c[0], c[1], 0, 256, 256).unwrap();
+        let total: u64 = rgb.iter().map(|&v| u64::from(v)).sum();
+        assert_eq!(total, sum.as_u64().unwrap());
+    }
+    // CLAM's layout and our stamps.
+    let file = hdf5::File::open(&out).unwrap();
+    let stored: ndarray::Array2<i64> = file.dataset("coords").unwrap().read_2d().unwrap();
+    assert_eq!(stored.row(1).to_vec(), coords[1].to_vec());
+    let sha = hdmoe_pipe::cache::sha256_file(&weights).unwrap();
+    assert_eq!(read_str_attr(&file, "weights_sha256").unwrap(), sha);
+    assert_eq!(read_str_attr(&file, "encoder").unwrap(), "resnet50_trunc");
+    assert_eq!(read_str_attr(&file, "input_size").unwrap(), "256");
+}
+
+fn tiled(dir: &Path) -> PathBuf {
+    let slides = dir.join("slides");
+    std::fs::create_dir_all(&slides).unwrap();
+    for name in ["aperio40x.svs", "cmu_small_region.svs", "not_a_slide.svs"] {
+        std::fs::copy(fixture(&format!("slides/{name}")), slides.join(name)).unwrap();
+    }
+    let cfg = config(dir, &slides, &["tile.preset=biopsy".to_owned()]);
+    let report = slide::run(&cfg, None, false, Shard::ALL).expect("tile");
+    assert_eq!(report.done, 2);
+    slides
+}
+
+#[test]
+fn stage_resumes_refuses_mismatches_and_reports_bad_slides() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = tiled(dir.path());
+    let random = ["features.resize=64".to_owned()];
+    let cfg = config(dir.path(), &slides, &random);
+    // Without weights the stage refuses to run unless told to use random ones.
+    let err = features::run(&cfg, false, false, Shard::ALL)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--random-weights"), "{err}");
+    let first = features::run(&cfg, false, true, Shard::ALL).expect("features");
+    assert_eq!(first.done, 2, "{first:?}");
+    assert_eq!(first.failed.len(), 1);
+    assert!(
+        first.failed[0].1.contains("no patches file"),
+        "{:?}",
+        first.failed
+    );
+    let out40 = dir.path().join("cache/features/aperio40x.h5");
+    let want = read_features(&out40);
+    assert_eq!(want.dim().1, 1024);
+    let file = hdf5::File::open(&out40).unwrap();
+    assert!(read_str_attr(&file, "weights_sha256")
+        .unwrap()
+        .contains("NOT pretrained"));
+    drop(file);
+
+    // Kept on rerun; a deleted output is remade identically (seeded random weights).
+    let again = features::run(&cfg, false, true, Shard::ALL).expect("rerun");
+    assert_eq!((again.done, again.kept), (0, 2));
+    std::fs::remove_file(&out40).unwrap();
+    let r = features::run(&cfg, false, true, Shard::ALL).expect("after delete");
+    assert_eq!((r.done, r.kept), (1, 1));
+    assert_eq!(read_features(&out40), want);
+
+    // Another input size: refused without --force.
+    let other = config(dir.path(), &slides, &["features.resize=32".to_owned()]);
+    let r = features::run(&other, false, true, Shard::ALL).expect("mismatch");
+    assert!(r.failed.iter().any(|(_, m)| m.contains("--force")), "{r:?}");
+    assert_eq!(read_features(&out40), want);
+    let r = features::run(&other, true, true, Shard::ALL).expect("force");
+    assert_eq!(r.done, 2);
+
+    // The full encoder gives 2048-d rows.
+    let full = config(
+        dir.path(),
+        &slides,
+        &[
+            "features.resize=32".to_owned(),
+            "features.encoder=resnet50".to_owned(),
+        ],
+    );
+    let r = features::run(&full, true, true, Shard::ALL).expect("resnet50");
+    assert_eq!(r.done, 2);
+    assert_eq!(read_features(&out40).dim().1, 2048);
+}
+
+#[test]
+fn a_slide_that_fails_mid_read_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let slides = dir.path().join("slides");
+    std::fs::create_dir_all(&slides).unwrap();
+    std::fs::copy(
+        fixture("slides/aperio20x.svs"),
+        slides.join("aperio20x.svs"),
+    )
+    .unwrap();
+    // A patches file naming a level the slide does not have (OpenSlide would read blank).
+    let path = dir.path().join("cache/patches/aperio20x.h5");
+    clam_patches(&path, &[[0, 0], [256, 0]], 256);
+    {
+        let file = hdf5::File::open_rw(&path).unwrap();
+        let ds = file.dataset("coords").unwrap();
+        ds.attr("patch_level").unwrap().write_scalar(&5i64).unwrap();
+    }
+    let cfg = config(dir.path(), &slides, &[]);
+    let r = features::run(&cfg, false, true, Shard::ALL).expect("run");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(r.failed[0].1.contains("aperio20x.svs"), "{:?}", r.failed);
+    assert!(r.failed[0].1.contains("level 5"), "{:?}", r.failed);
+    assert!(!dir.path().join("cache/features/aperio20x.h5").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("cache/features"))
+        .map(|d| d.count())
+        .into_iter()
+        .collect();
+    assert!(
+        leftovers.iter().all(|&n| n == 0),
+        "temporary files left: {leftovers:?}"
+    );
+}
