@@ -54,7 +54,7 @@ $(LARGE_SLIDE): fixtures/slides/make_slides.py | setup
 # CLAM_DIR (a CLAM checkout) and CLAM_PYTHON (a Python with CLAM's requirements) add CLAM's own
 # timings and patch counts to the tile table.
 bench: setup $(LARGE_SLIDE)
-	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench tile
+	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench tile --bench features
 	$(VENV)/bin/python scripts/bench_fit_pytorch.py
 
 # Genomics-only HDMoE and the SNN baseline on the real TCGA tables (needs ../shared/data/tcga;

@@ -5,7 +5,7 @@ groups), forward + backward + Adam(weight_decay) per patient, bags of 1k/5k/20k 
 length 64 and 256. Written from ../shared/docs/MODEL_SPEC.md (a timing reference, not a port of
 the authors' code; the modules and their sizes are the same as ours).
 
-Run with the project's venv (it has torch): .venv/bin/python scripts/bench_fit_pytorch.py
+Run with the project's venv (it has torch): .venv/bin/python scripts/bench_fit_pytorch.py [--device cuda]
 """
 import math
 import statistics
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 def pinv(x, iters=6):
     abs_x = x.abs()
     z = x.transpose(-1, -2) / (abs_x.sum(-1).max() * abs_x.sum(-2).max())
-    eye = torch.eye(x.shape[-1])
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
     for _ in range(iters):
         xz = x @ z
         z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
@@ -143,15 +143,21 @@ class Hdmoe(nn.Module):
 
 
 def main():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    device = torch.device(parser.parse_args().device)
     torch.manual_seed(0)
     groups = [94, 334, 521, 468, 1496, 479]
-    print(f"| training step (CPU, {torch.get_num_threads()} threads) | token length | patches | median seconds / patient |")
+    on = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"| training step ({on}) | token length | patches | median seconds / patient |")
     print("|---|---:|---:|---:|")
     for g in (64, 256):
-        model = Hdmoe(groups, g).train()
+        model = Hdmoe(groups, g).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
         for n in (1000, 5000, 20000):
-            bag, genes = torch.randn(n, 1024), [torch.randn(c) for c in groups]
+            bag, genes = torch.randn(n, 1024, device=device), [torch.randn(c, device=device) for c in groups]
             reps, times = (3 if n >= 20000 else 5), []
             for r in range(reps + 1):
                 start = time.perf_counter()
@@ -162,6 +168,7 @@ def main():
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                loss.item()  # waits for the device
                 if r:
                     times.append(time.perf_counter() - start)
             print(f"| PyTorch {torch.__version__} eager | {g} | {n} | {statistics.median(times):.3f} |")

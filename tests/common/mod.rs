@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+/// A file under `fixtures/`; `HDMOE_REPO` names the repository root when a test binary runs
+/// away from the tree it was built in (the GPU script does that).
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(rel)
+    let root = std::env::var_os("HDMOE_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+    root.join("fixtures").join(rel)
 }
 
 /// Relative agreement to 1e-6 (stricter than the absolute 1e-6 asked for wherever |want| < 1,

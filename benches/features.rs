@@ -1,0 +1,104 @@
+//! `make bench`: patches per second of the features stage end to end (slides → features/*.h5)
+//! next to the model alone on ready tensors (the ceiling), in the same run, with the
+//! end-to-end time split into OpenSlide reads, resizing, model and waiting for batches.
+//!
+//! Defaults: the fixture slides on the CPU, fp32, batch 64. Environment overrides (used by the
+//! GPU script, scripts/gpu_check.sh): HDMOE_BENCH_SLIDES (a folder of slides),
+//! HDMOE_BENCH_DEVICE, HDMOE_BENCH_PRECISION, HDMOE_BENCH_BATCH, HDMOE_BENCH_READERS.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hdmoe_pipe::config::Config;
+use hdmoe_pipe::encode::{Encoder, EncoderKind};
+use hdmoe_pipe::features;
+use hdmoe_pipe::shard::Shard;
+use hdmoe_pipe::slide;
+use tch::Kind;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = tempfile::tempdir().expect("temporary directory");
+    let slides: PathBuf = match std::env::var("HDMOE_BENCH_SLIDES") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => {
+            let dir = work.path().join("slides");
+            std::fs::create_dir_all(&dir).expect("dir");
+            for name in ["aperio40x.svs", "aperio20x.svs", "cmu_small_region.svs"] {
+                std::fs::copy(root.join("fixtures/slides").join(name), dir.join(name))
+                    .expect("fixture slide");
+            }
+            dir
+        }
+    };
+    let device = env("HDMOE_BENCH_DEVICE", "cpu");
+    let precision = env("HDMOE_BENCH_PRECISION", "fp32");
+    let batch: usize = env("HDMOE_BENCH_BATCH", "64").parse().expect("batch");
+    let readers = env("HDMOE_BENCH_READERS", "0");
+    let overrides = vec![
+        format!("paths.slides={}", slides.display()),
+        format!("paths.cache={}", work.path().join("cache").display()),
+        "tile.preset=biopsy".to_owned(),
+        "tile.a_t=0.1".to_owned(),
+        format!("features.device={device}"),
+        format!("features.precision={precision}"),
+        format!("features.batch_size={batch}"),
+        format!("features.readers={readers}"),
+    ];
+    let config = Config::load(None, &overrides).expect("configuration");
+    let tiled = slide::run(&config, None, false, Shard::ALL).expect("tile");
+    let d = features::devices(&device).expect("device")[0];
+    let kind = match precision.as_str() {
+        "fp16" => Kind::Half,
+        "bf16" => Kind::BFloat16,
+        _ => Kind::Float,
+    };
+    let name = if d.is_cuda() {
+        format!("{d:?}")
+    } else {
+        format!("CPU, {} threads", tch::utils::get_num_threads())
+    };
+
+    // The ceiling: the model alone on ready batches of the same size (also warms cuDNN up).
+    let mut encoder = Encoder::new(EncoderKind::Resnet50Trunc, d, None, 1).expect("encoder");
+    encoder.set_precision(kind);
+    if d.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let pixels: Vec<u8> = (0..batch * 256 * 256 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let warm = if d.is_cuda() { 3 } else { 1 };
+    for _ in 0..warm {
+        let _ = features::embed(&encoder, &pixels, batch, 256, kind);
+    }
+    let target = tiled.patches.max(batch);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < target {
+        let _ = features::embed(&encoder, &pixels, batch, 256, kind);
+        done += batch;
+    }
+    let ceiling = done as f64 / started.elapsed().as_secs_f64();
+    drop(encoder);
+
+    let report = features::run(&config, true, true, Shard::ALL).expect("features");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let t = report.timing;
+    let end_to_end = t.patches as f64 / t.wall_s;
+    println!("| features ({name}, {precision}, batch {batch}) | slides | patches | end to end patches/s | model alone patches/s | end to end / ceiling | OpenSlide read s (all readers) | resize s (all readers) | model s | waiting for batches s | wall s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| resnet50_trunc, 256 px | {} | {} | {end_to_end:.1} | {ceiling:.1} | {:.0} % | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        report.done,
+        t.patches,
+        100.0 * end_to_end / ceiling,
+        t.read_s,
+        t.resize_s,
+        t.model_s,
+        t.wait_s,
+        t.wall_s
+    );
+}
