@@ -4,8 +4,9 @@
 # benchmark at fp16 / batch 256 on a large generated 40x slide (end to end next to the model
 # alone), and the training-step benchmark on CUDA next to PyTorch eager. Results go to OUT_DIR.
 #
-# Usage: bash scripts/gpu_check.sh BUNDLE_DIR OUT_DIR
+# Usage: bash scripts/gpu_check.sh BUNDLE_DIR OUT_DIR   (ONLY=features runs that part alone)
 set -uo pipefail
+ONLY=${ONLY:-all}
 BUNDLE=$1
 OUT=$2
 WORK=/tmp/hdmoe-gpu
@@ -27,8 +28,11 @@ section "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 bin hdmoe-pipe doctor | tee -a "$OUT/device.txt"
 
+if [ "$ONLY" = all ]; then
 section "GPU tests"
 bin gpu-tests --test-threads 1 --nocapture 2>&1 | tee "$OUT/gpu_tests.txt" | grep -v '^$'
+
+fi
 
 section "features benchmark"
 [ -f "$WORK/slides/large40x.svs" ] ||
@@ -36,6 +40,7 @@ section "features benchmark"
 HDMOE_BENCH_SLIDES=$WORK/slides HDMOE_BENCH_DEVICE=cuda HDMOE_BENCH_PRECISION=fp16 \
   HDMOE_BENCH_BATCH=256 bin bench-features 2>&1 | tee "$OUT/features_bench.md"
 
+[ "$ONLY" = all ] || exit 0
 section "training step benchmark"
 HDMOE_BENCH_DEVICE=cuda bin bench-fit 2>&1 | tee "$OUT/fit_bench.md"
 python3 scripts/bench_fit_pytorch.py --device cuda 2>&1 | tee -a "$OUT/fit_bench.md"

@@ -9,7 +9,7 @@ use std::sync::mpsc::SyncSender;
 use rayon::prelude::*;
 
 use super::patch::{self, Geometry};
-use crate::slide::reader::Slide;
+use crate::slide::reader::{Slide, SlideError};
 
 /// One slide's work for the readers.
 #[derive(Debug, Clone)]
@@ -34,16 +34,20 @@ pub enum Message {
 }
 
 /// Reads every job's patches in order, `batch_size` at a time, on `pool`; stops early when the
-/// receiver is gone.
+/// receiver is gone. Each reader thread has its own OpenSlide handle (its own tile cache and
+/// file handles, no shared locks) and takes a run of consecutive patches, which in the grid's
+/// column order share tile rows, so most JPEG tiles are decoded once.
 pub fn produce(
     jobs: Vec<Job>,
     batch_size: usize,
     pool: &rayon::ThreadPool,
     sender: SyncSender<Message>,
 ) {
+    let readers = pool.current_num_threads().max(1);
     for job in jobs {
-        let slide = match Slide::open(&job.slide) {
-            Ok(slide) => slide,
+        let handles: Result<Vec<Slide>, _> = (0..readers).map(|_| Slide::open(&job.slide)).collect();
+        let handles = match handles {
+            Ok(handles) => handles,
             Err(e) => {
                 if sender.send(Message::Failed(e.to_string())).is_err() {
                     return;
@@ -51,47 +55,64 @@ pub fn produce(
                 continue;
             }
         };
+        let levels = handles[0].level_count();
         // OpenSlide reads a level it does not have as transparent pixels, without an error.
-        if job.geometry.level >= slide.level_count() {
+        if job.geometry.level >= levels {
             let message = format!(
-                "{}: the patches file asks for level {}, but the slide has {} level(s); was it tiled from another file?",
+                "{}: the patches file asks for level {}, but the slide has {levels} level(s); was it tiled from another file?",
                 job.slide.display(),
                 job.geometry.level,
-                slide.level_count()
             );
             if sender.send(Message::Failed(message)).is_err() {
                 return;
             }
             continue;
         }
+        let patch_bytes = (job.geometry.input_size as usize).pow(2) * 3;
         let mut outcome = Message::End;
         for chunk in job.coords.chunks(batch_size.max(1)) {
-            let read: Result<Vec<(Vec<u8>, f64, f64)>, _> = pool.install(|| {
-                chunk
-                    .par_iter()
-                    .map(|&[x, y]| patch::read(&slide, job.geometry, x, y))
+            let per_reader = chunk.len().div_ceil(readers);
+            let mut pixels = vec![0u8; chunk.len() * patch_bytes];
+            let read: Vec<Result<(f64, f64), SlideError>> = pool.install(|| {
+                pixels
+                    .par_chunks_mut(per_reader * patch_bytes)
+                    .zip(chunk.par_chunks(per_reader))
+                    .zip(handles.par_iter())
+                    .map(|((out, coords), slide)| {
+                        let (mut read_s, mut resize_s) = (0.0, 0.0);
+                        for (dst, &[x, y]) in out.chunks_mut(patch_bytes).zip(coords) {
+                            let (bytes, r, z) = patch::read(slide, job.geometry, x, y)?;
+                            dst.copy_from_slice(&bytes);
+                            read_s += r;
+                            resize_s += z;
+                        }
+                        Ok((read_s, resize_s))
+                    })
                     .collect()
             });
-            match read {
-                Ok(patches) => {
-                    let (read_s, resize_s) = patches
-                        .iter()
-                        .fold((0.0, 0.0), |(r, z), p| (r + p.1, z + p.2));
-                    let pixels = patches.into_iter().flat_map(|p| p.0).collect();
-                    let message = Message::Batch {
-                        pixels,
-                        rows: chunk.len(),
-                        read_s,
-                        resize_s,
-                    };
-                    if sender.send(message).is_err() {
-                        return;
+            let mut totals = (0.0, 0.0);
+            let mut failure = None;
+            for r in read {
+                match r {
+                    Ok((a, b)) => {
+                        totals.0 += a;
+                        totals.1 += b;
                     }
+                    Err(e) => failure = Some(e),
                 }
-                Err(e) => {
-                    outcome = Message::Failed(e.to_string());
-                    break;
-                }
+            }
+            if let Some(e) = failure {
+                outcome = Message::Failed(e.to_string());
+                break;
+            }
+            let message = Message::Batch {
+                pixels,
+                rows: chunk.len(),
+                read_s: totals.0,
+                resize_s: totals.1,
+            };
+            if sender.send(message).is_err() {
+                return;
             }
         }
         if sender.send(outcome).is_err() {
