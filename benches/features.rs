@@ -12,6 +12,7 @@ use std::time::Instant;
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::encode::{Encoder, EncoderKind};
 use hdmoe_pipe::features;
+use hdmoe_pipe::features::patch::{Geometry, Reader};
 use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::slide;
 use tch::Kind;
@@ -63,18 +64,50 @@ fn main() {
         format!("CPU, {} threads", tch::utils::get_num_threads())
     };
 
+    // One reader thread alone, on the slide with the most patches: OpenSlide + area resize,
+    // and the JPEG fast path where it applies.
+    let mut per_reader = String::new();
+    if let Some((path, coords, geometry)) = largest_patches(&config) {
+        for fast in [false, true] {
+            let mut reader = Reader::open(&path, geometry, fast).expect("reader");
+            if fast && reader.tiles.is_none() {
+                continue;
+            }
+            let n = coords.len().min(300);
+            let started = Instant::now();
+            for &[x, y] in &coords[..n] {
+                reader.read(geometry, x, y).expect("read");
+            }
+            let rate = n as f64 / started.elapsed().as_secs_f64();
+            let how = if fast {
+                "JPEG DCT-scaled"
+            } else {
+                "OpenSlide + area resize"
+            };
+            per_reader.push_str(&format!("{how}: {rate:.0} patches/s; "));
+        }
+    }
+
     // The ceiling: the model alone on ready batches of the same size (also warms cuDNN up).
     let mut encoder = Encoder::new(EncoderKind::Resnet50Trunc, d, None, 1).expect("encoder");
     encoder.set_precision(kind);
     if d.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    let pixels: Vec<u8> = (0..batch * 256 * 256 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let pixels: Vec<u8> = (0..batch * 256 * 256 * 3)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let warm = if d.is_cuda() { 3 } else { 1 };
     for _ in 0..warm {
         let _ = features::embed(&encoder, &pixels, batch, 256, kind);
     }
-    let target = tiled.patches.max(batch);
+    // The same number of patches as end to end on a GPU; on a CPU a few batches are enough.
+    let target = if d.is_cuda() {
+        tiled.patches
+    } else {
+        tiled.patches.min(2 * batch)
+    }
+    .max(batch);
     let started = Instant::now();
     let mut done = 0;
     while done < target {
@@ -84,6 +117,7 @@ fn main() {
     let ceiling = done as f64 / started.elapsed().as_secs_f64();
     drop(encoder);
 
+    println!("One reader thread, slide with the most patches: {per_reader}\n");
     let report = features::run(&config, true, true, Shard::ALL).expect("features");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let t = report.timing;
@@ -101,4 +135,35 @@ fn main() {
         t.wait_s,
         t.wall_s
     );
+}
+
+/// The slide with the most patches: its path, coords and read geometry.
+fn largest_patches(config: &Config) -> Option<(PathBuf, Vec<[i64; 2]>, Geometry)> {
+    let entries = slide::list::list(config.paths.slides.as_deref()?).ok()?;
+    let mut best: Option<(PathBuf, Vec<[i64; 2]>, Geometry)> = None;
+    for e in entries {
+        let file = hdf5::File::open(
+            config
+                .cache_dir()
+                .join("patches")
+                .join(format!("{}.h5", e.id)),
+        )
+        .ok()?;
+        let ds = file.dataset("coords").ok()?;
+        let coords: ndarray::Array2<i64> = ds.read_2d().ok()?;
+        let int = |n: &str| ds.attr(n).and_then(|a| a.read_scalar::<i64>()).ok();
+        let geometry = Geometry {
+            level: int("patch_level")? as u32,
+            read_size: int("level_read_size")? as u32,
+            input_size: int("patch_size")? as u32,
+        };
+        if best.as_ref().is_none_or(|b| b.1.len() < coords.nrows()) {
+            best = Some((
+                e.path,
+                coords.outer_iter().map(|r| [r[0], r[1]]).collect(),
+                geometry,
+            ));
+        }
+    }
+    best
 }

@@ -8,7 +8,7 @@ set -euo pipefail
 VENV_DIR=${1:-.venv}
 TORCH_VERSION=2.11.0 # torch-sys 0.24 pins exactly this libtorch
 APT_PACKAGES=(
-  libopenslide-dev libhdf5-dev libclang-dev clang pkg-config
+  libopenslide-dev libhdf5-dev libclang-dev clang pkg-config libturbojpeg0-dev
   libfontconfig1-dev libfreetype-dev fonts-dejavu-core
   python3-venv
 )

@@ -224,3 +224,39 @@ fn a_slide_that_fails_mid_read_leaves_no_output() {
         "temporary files left: {leftovers:?}"
     );
 }
+
+#[test]
+fn the_jpeg_fast_path_sees_what_openslide_and_an_area_resize_see() {
+    use hdmoe_pipe::features::patch::{Geometry, Reader};
+    // The 40x fixture read for 20x: 512 px at level 0 → 256 px.
+    let path = fixture("slides/aperio40x.svs");
+    let geometry = Geometry {
+        level: 0,
+        read_size: 512,
+        input_size: 256,
+    };
+    let mut fast = Reader::open(&path, geometry, true).unwrap();
+    let mut slow = Reader::open(&path, geometry, false).unwrap();
+    assert!(
+        fast.tiles.is_some(),
+        "the fixture is JPEG-tiled: the fast path must apply"
+    );
+    assert!(slow.tiles.is_none());
+    // Tissue, background, a slide edge (partly outside the image).
+    for (x, y) in [(256, 256), (1216, 896), (1000, 1000), (3072, 2304)] {
+        let (a, _, _) = fast.read(geometry, x, y).unwrap();
+        let (b, _, _) = slow.read(geometry, x, y).unwrap();
+        assert_eq!(a.len(), 256 * 256 * 3);
+        let mean: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| f64::from(p.abs_diff(*q)))
+            .sum::<f64>()
+            / a.len() as f64;
+        assert!(mean < 3.0, "({x}, {y}): mean difference {mean:.2} levels");
+    }
+    // Odd coordinates snap to the scale: (1217, 897) reads as (1216, 896).
+    let (a, _, _) = fast.read(geometry, 1217, 897).unwrap();
+    let (b, _, _) = fast.read(geometry, 1216, 896).unwrap();
+    assert_eq!(a, b);
+}

@@ -50,7 +50,11 @@ fn cuda_features_match_torchvision_in_fp32_and_fp16() {
         .iter()
         .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
         .collect();
-    for (kind, tolerance) in [(Kind::Float, 1e-2), (Kind::Half, 3e-2), (Kind::BFloat16, 8e-2)] {
+    for (kind, tolerance) in [
+        (Kind::Float, 1e-2),
+        (Kind::Half, 3e-2),
+        (Kind::BFloat16, 8e-2),
+    ] {
         let mut encoder =
             Encoder::new(EncoderKind::Resnet50Trunc, device, Some(&weights), 1).unwrap();
         encoder.set_precision(kind);
@@ -101,9 +105,18 @@ fn training_runs_on_cuda() {
     let config = Config::load(
         Some(&root.join("pipelines/demo.yaml")),
         &[
-            format!("paths.cohort={}", root.join("fixtures/tcga/blca_sig_24cases.csv").display()),
-            format!("paths.signatures={}", root.join("fixtures/tcga/signatures.csv").display()),
-            format!("paths.splits={}", root.join("fixtures/demo/splits").display()),
+            format!(
+                "paths.cohort={}",
+                root.join("fixtures/tcga/blca_sig_24cases.csv").display()
+            ),
+            format!(
+                "paths.signatures={}",
+                root.join("fixtures/tcga/signatures.csv").display()
+            ),
+            format!(
+                "paths.splits={}",
+                root.join("fixtures/demo/splits").display()
+            ),
             format!("paths.cache={}", dir.path().join("cache").display()),
             format!("paths.runs={}", dir.path().join("runs").display()),
             "train.epochs=2".into(),

@@ -378,6 +378,7 @@ pub fn run(
                 .with("input_size", geometry.input_size)
                 .with("normalization", NORMALIZATION)
                 .with("precision", options.precision.name())
+                .with("fast_jpeg", options.fast_jpeg)
                 .with("patch_level", geometry.level)
                 .with("level_read_size", geometry.read_size)
                 .with(
@@ -450,7 +451,8 @@ pub fn run(
                     let batch = options.batch_size;
                     let mut results = Vec::new();
                     std::thread::scope(|inner| {
-                        inner.spawn(move || pipeline::produce(jobs, batch, pool, sender));
+                        let fast = options.fast_jpeg;
+                        inner.spawn(move || pipeline::produce(jobs, batch, fast, pool, sender));
                         for work in &share {
                             let started = Instant::now();
                             let outcome = consume(work, &encoder, kind, &receiver);
@@ -523,6 +525,9 @@ pub struct FeaturesConfig {
     pub readers: usize,
     /// Ready batches buffered between the readers and the model.
     pub queue_batches: usize,
+    /// Decode JPEG-tiled levels at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the read
+    /// size is that multiple of the input size, instead of OpenSlide's full decode + resize.
+    pub fast_jpeg: bool,
 }
 
 impl Default for FeaturesConfig {
@@ -536,6 +541,7 @@ impl Default for FeaturesConfig {
             precision: Precision::Fp32,
             readers: 0,
             queue_batches: 4,
+            fast_jpeg: true,
         }
     }
 }

@@ -4,6 +4,7 @@
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
+use crate::slide::jpeg_tiles::JpegTiles;
 use crate::slide::reader::{Slide, SlideError};
 
 /// How the patches of one slide are read (from its patches file's attributes).
@@ -40,20 +41,83 @@ pub fn resize(rgb: Vec<u8>, from: u32, to: u32) -> Vec<u8> {
     dst.into_vec()
 }
 
-/// Reads the patch whose level-0 top-left corner is `(x, y)`, as `input_size`² RGB bytes;
-/// returns the bytes and the seconds spent in OpenSlide and in resizing.
-pub fn read(
-    slide: &Slide,
-    geometry: Geometry,
-    x: i64,
-    y: i64,
-) -> Result<(Vec<u8>, f64, f64), SlideError> {
-    let started = std::time::Instant::now();
-    let rgb = slide.read_rgb_bytes(x, y, geometry.level, geometry.read_size, geometry.read_size)?;
-    let read_s = started.elapsed().as_secs_f64();
-    let started = std::time::Instant::now();
-    let out = resize(rgb, geometry.read_size, geometry.input_size);
-    Ok((out, read_s, started.elapsed().as_secs_f64()))
+/// One reader's access to a slide: OpenSlide, and the JPEG fast path when it applies.
+pub struct Reader {
+    pub slide: Slide,
+    pub tiles: Option<JpegTiles>,
+    background: [u8; 3],
+    downsample: f64,
+}
+
+impl Reader {
+    /// Opens `path` for patches of `geometry`; `fast` allows the JPEG fast path (used when the
+    /// read size is 2, 4 or 8 times the input size and the level is JPEG-tiled).
+    pub fn open(
+        path: &std::path::Path,
+        geometry: Geometry,
+        fast: bool,
+    ) -> Result<Self, SlideError> {
+        let slide = Slide::open(path)?;
+        let ratio = geometry.read_size / geometry.input_size.max(1);
+        let tiles = (fast && geometry.read_size == ratio * geometry.input_size)
+            .then(|| JpegTiles::open(path, &slide, geometry.level, ratio))
+            .flatten();
+        let downsample = slide
+            .downsamples()
+            .get(geometry.level as usize)
+            .copied()
+            .unwrap_or(1.0);
+        Ok(Self {
+            background: slide.background(),
+            slide,
+            tiles,
+            downsample,
+        })
+    }
+
+    /// Reads the patch whose level-0 top-left corner is `(x, y)`, as `input_size`² RGB bytes;
+    /// returns the bytes and the seconds spent reading (with decoding) and resizing.
+    pub fn read(
+        &mut self,
+        geometry: Geometry,
+        x: i64,
+        y: i64,
+    ) -> Result<(Vec<u8>, f64, f64), SlideError> {
+        let started = std::time::Instant::now();
+        if let Some(tiles) = self.tiles.as_mut() {
+            // The fast path snaps the origin down to a multiple of its scale: at most
+            // scale - 1 pixels of the level (0.25 um per pixel at 40x).
+            let s = i64::from(tiles.scale());
+            let lx = (x as f64 / self.downsample).round() as i64;
+            let ly = (y as f64 / self.downsample).round() as i64;
+            let pixels = tiles
+                .read(
+                    lx - lx.rem_euclid(s),
+                    ly - ly.rem_euclid(s),
+                    geometry.read_size,
+                    self.background,
+                )
+                .map_err(|message| SlideError::Read {
+                    path: self.slide.path.clone(),
+                    level: geometry.level,
+                    x,
+                    y,
+                    message,
+                })?;
+            return Ok((pixels, started.elapsed().as_secs_f64(), 0.0));
+        }
+        let rgb = self.slide.read_rgb_bytes(
+            x,
+            y,
+            geometry.level,
+            geometry.read_size,
+            geometry.read_size,
+        )?;
+        let read_s = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        let out = resize(rgb, geometry.read_size, geometry.input_size);
+        Ok((out, read_s, started.elapsed().as_secs_f64()))
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::sync::mpsc::SyncSender;
 
 use rayon::prelude::*;
 
-use super::patch::{self, Geometry};
-use crate::slide::reader::{Slide, SlideError};
+use super::patch::{Geometry, Reader};
+use crate::slide::reader::SlideError;
 
 /// One slide's work for the readers.
 #[derive(Debug, Clone)]
@@ -40,13 +40,16 @@ pub enum Message {
 pub fn produce(
     jobs: Vec<Job>,
     batch_size: usize,
+    fast_jpeg: bool,
     pool: &rayon::ThreadPool,
     sender: SyncSender<Message>,
 ) {
     let readers = pool.current_num_threads().max(1);
     for job in jobs {
-        let handles: Result<Vec<Slide>, _> = (0..readers).map(|_| Slide::open(&job.slide)).collect();
-        let handles = match handles {
+        let handles: Result<Vec<Reader>, _> = (0..readers)
+            .map(|_| Reader::open(&job.slide, job.geometry, fast_jpeg))
+            .collect();
+        let mut handles = match handles {
             Ok(handles) => handles,
             Err(e) => {
                 if sender.send(Message::Failed(e.to_string())).is_err() {
@@ -55,7 +58,7 @@ pub fn produce(
                 continue;
             }
         };
-        let levels = handles[0].level_count();
+        let levels = handles[0].slide.level_count();
         // OpenSlide reads a level it does not have as transparent pixels, without an error.
         if job.geometry.level >= levels {
             let message = format!(
@@ -69,6 +72,12 @@ pub fn produce(
             continue;
         }
         let patch_bytes = (job.geometry.input_size as usize).pow(2) * 3;
+        if handles[0].tiles.is_some() {
+            tracing::debug!(
+                "{}: JPEG tiles decoded at reduced scale",
+                job.slide.display()
+            );
+        }
         let mut outcome = Message::End;
         for chunk in job.coords.chunks(batch_size.max(1)) {
             let per_reader = chunk.len().div_ceil(readers);
@@ -77,11 +86,11 @@ pub fn produce(
                 pixels
                     .par_chunks_mut(per_reader * patch_bytes)
                     .zip(chunk.par_chunks(per_reader))
-                    .zip(handles.par_iter())
-                    .map(|((out, coords), slide)| {
+                    .zip(handles.par_iter_mut())
+                    .map(|((out, coords), reader)| {
                         let (mut read_s, mut resize_s) = (0.0, 0.0);
                         for (dst, &[x, y]) in out.chunks_mut(patch_bytes).zip(coords) {
-                            let (bytes, r, z) = patch::read(slide, job.geometry, x, y)?;
+                            let (bytes, r, z) = reader.read(job.geometry, x, y)?;
                             dst.copy_from_slice(&bytes);
                             read_s += r;
                             resize_s += z;

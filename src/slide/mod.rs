@@ -3,6 +3,7 @@
 //! `patch_size`) and a preview `masks/<slide>.png`.
 
 pub mod grid;
+pub mod jpeg_tiles;
 pub mod list;
 pub mod mask;
 pub mod polygon;

@@ -126,7 +126,7 @@ impl Slide {
     }
 
     /// `openslide.background-color` (white when the slide names none).
-    fn background(&self) -> [u8; 3] {
+    pub fn background(&self) -> [u8; 3] {
         self.property("openslide.background-color")
             .filter(|hex| hex.len() == 6)
             .and_then(|hex| {
