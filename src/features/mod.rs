@@ -211,6 +211,7 @@ fn consume(
     work: &Work,
     encoder: &Encoder,
     kind: Kind,
+    batch_size: usize,
     receiver: &mpsc::Receiver<Message>,
 ) -> Result<Timing, String> {
     let n = work.job.coords.len();
@@ -251,7 +252,15 @@ fn consume(
                     resize_s,
                 } => {
                     let started = Instant::now();
-                    let out = embed(encoder, &pixels, rows, size, kind);
+                    // On CUDA a short last batch is padded to the full size: a new shape would
+                    // send cuDNN's autotuner through every layer again (about a second).
+                    let out = if encoder.device.is_cuda() && rows < batch_size {
+                        let mut padded = pixels;
+                        padded.resize(batch_size * (size as usize).pow(2) * 3, 0);
+                        embed(encoder, &padded, batch_size, size, kind).narrow(0, 0, rows as i64)
+                    } else {
+                        embed(encoder, &pixels, rows, size, kind)
+                    };
                     let values = Vec::<f32>::try_from(&out.reshape([-1]))
                         .map_err(|e| hdf5::Error::from(format!("libtorch: {e}")))?;
                     timing.model_s += started.elapsed().as_secs_f64();
@@ -416,10 +425,12 @@ pub fn run(
     }
     manifest.save()?;
 
-    let readers = if options.readers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        options.readers
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let readers = match options.readers {
+        // The model thread and libtorch's launches need CPU too: starved, they slow the GPU.
+        0 if devices.iter().any(|d| d.is_cuda()) => cores.saturating_sub(2 * devices.len()).max(1),
+        0 => cores,
+        n => n,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(readers)
@@ -455,7 +466,7 @@ pub fn run(
                         inner.spawn(move || pipeline::produce(jobs, batch, fast, pool, sender));
                         for work in &share {
                             let started = Instant::now();
-                            let outcome = consume(work, &encoder, kind, &receiver);
+                            let outcome = consume(work, &encoder, kind, batch, &receiver);
                             let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
                             match &outcome {
                                 Ok(t) => m.record(
@@ -521,7 +532,7 @@ pub struct FeaturesConfig {
     /// `auto` (every CUDA device, else the CPU), `cpu`, `cuda`, `cuda:N`.
     pub device: String,
     pub precision: Precision,
-    /// Reader threads (0 = one per core).
+    /// Reader threads (0 = one per core, less two per GPU when on CUDA).
     pub readers: usize,
     /// Ready batches buffered between the readers and the model.
     pub queue_batches: usize,
