@@ -97,9 +97,10 @@ fn main() {
     let pixels: Vec<u8> = (0..batch * 256 * 256 * 3)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
+    let mut staging = None;
     let warm = if d.is_cuda() { 3 } else { 1 };
     for _ in 0..warm {
-        let _ = features::embed(&encoder, &pixels, batch, 256, kind);
+        let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut staging);
     }
     // The same number of patches as end to end on a GPU; on a CPU a few batches are enough.
     let target = if d.is_cuda() {
@@ -111,7 +112,7 @@ fn main() {
     let started = Instant::now();
     let mut done = 0;
     while done < target {
-        let _ = features::embed(&encoder, &pixels, batch, 256, kind);
+        let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut staging);
         done += batch;
     }
     let ceiling = done as f64 / started.elapsed().as_secs_f64();

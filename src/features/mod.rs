@@ -170,15 +170,45 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// The encoder's input on its device: u8 NHWC bytes → normalised NCHW in `kind` (channels-last
-/// strides on CUDA, contiguous on the CPU).
-fn to_input(pixels: &[u8], rows: usize, size: u32, device: Device, kind: Kind) -> Tensor {
+/// strides on CUDA, contiguous on the CPU). On CUDA the bytes go through `staging`, a pinned
+/// host buffer allocated once per model thread, so the copy to the GPU is a fast DMA.
+fn to_input(
+    pixels: &[u8],
+    rows: usize,
+    size: u32,
+    device: Device,
+    kind: Kind,
+    staging: &mut Option<Tensor>,
+) -> Tensor {
     let s = i64::from(size);
-    let x = Tensor::from_slice(pixels).view([rows as i64, s, s, 3]);
+    let shape = [rows as i64, s, s, 3];
+    assert_eq!(
+        pixels.len() as i64,
+        shape.iter().product::<i64>(),
+        "batch buffer size"
+    );
+    // SAFETY: `pixels` holds exactly `shape` contiguous u8 values and outlives `view`, which
+    // is only read below, by copies that finish before this function returns.
+    let view = unsafe {
+        Tensor::from_blob(
+            pixels.as_ptr(),
+            &shape,
+            &[3 * s * s, 3 * s, 3, 1],
+            Kind::Uint8,
+            Device::Cpu,
+        )
+    };
     let x = if device.is_cuda() {
-        x.pin_memory(device)
-            .to_device_(device, Kind::Uint8, true, false)
+        let buffer = match staging {
+            Some(buffer) if buffer.size() == shape => buffer,
+            _ => {
+                staging.insert(Tensor::empty(shape, (Kind::Uint8, Device::Cpu)).pin_memory(device))
+            }
+        };
+        buffer.copy_(&view);
+        buffer.to_device_(device, Kind::Uint8, true, false)
     } else {
-        x
+        view.copy()
     };
     let mean = Tensor::from_slice(&IMAGENET_MEAN)
         .view([1, 3, 1, 1])
@@ -196,9 +226,16 @@ fn to_input(pixels: &[u8], rows: usize, size: u32, device: Device, kind: Kind) -
     }
 }
 
-/// Features of one batch, as float32 rows on the CPU.
-pub fn embed(encoder: &Encoder, pixels: &[u8], rows: usize, size: u32, kind: Kind) -> Tensor {
-    let x = to_input(pixels, rows, size, encoder.device, kind);
+/// Features of one batch, as float32 rows on the CPU (`staging`: see [`to_input`]).
+pub fn embed(
+    encoder: &Encoder,
+    pixels: &[u8],
+    rows: usize,
+    size: u32,
+    kind: Kind,
+    staging: &mut Option<Tensor>,
+) -> Tensor {
+    let x = to_input(pixels, rows, size, encoder.device, kind, staging);
     encoder
         .forward_on_device(&x)
         .to_device(Device::Cpu)
@@ -218,79 +255,83 @@ fn consume(
     let dim = encoder.kind.feature_dim() as usize;
     let size = work.job.geometry.input_size;
     let mut timing = Timing::default();
+    let mut staging = None;
     let mut ended = false;
     let mut reader_error = None;
-    let result = cache::write_h5(&work.output, |file| {
-        cache::stamp(file, &work.parameters)?;
-        cache::write_str_attr(file, "software_version", crate::VERSION)?;
-        let mut coords = Array2::<i64>::zeros((n, 2));
-        for (i, c) in work.job.coords.iter().enumerate() {
-            coords[[i, 0]] = c[0];
-            coords[[i, 1]] = c[1];
-        }
-        file.new_dataset_builder()
-            .obj_track_times(false)
-            .with_data(&coords)
-            .create("coords")?;
-        let features = file
-            .new_dataset::<f32>()
-            .obj_track_times(false)
-            .shape([n, dim])
-            .create("features")?;
-        let mut row = 0;
-        loop {
-            let waited = Instant::now();
-            let message = receiver
-                .recv()
-                .map_err(|_| hdf5::Error::from("the reader threads stopped"))?;
-            timing.wait_s += waited.elapsed().as_secs_f64();
-            match message {
-                Message::Batch {
-                    pixels,
-                    rows,
-                    read_s,
-                    resize_s,
-                } => {
-                    let started = Instant::now();
-                    // On CUDA a short last batch is padded to the full size: a new shape would
-                    // send cuDNN's autotuner through every layer again (about a second).
-                    let out = if encoder.device.is_cuda() && rows < batch_size {
-                        let mut padded = pixels;
-                        padded.resize(batch_size * (size as usize).pow(2) * 3, 0);
-                        embed(encoder, &padded, batch_size, size, kind).narrow(0, 0, rows as i64)
-                    } else {
-                        embed(encoder, &pixels, rows, size, kind)
-                    };
-                    let values = Vec::<f32>::try_from(&out.reshape([-1]))
-                        .map_err(|e| hdf5::Error::from(format!("libtorch: {e}")))?;
-                    timing.model_s += started.elapsed().as_secs_f64();
-                    timing.read_s += read_s;
-                    timing.resize_s += resize_s;
-                    let block = Array2::from_shape_vec((rows, dim), values)
-                        .map_err(|e| hdf5::Error::from(e.to_string()))?;
-                    if row + rows > n {
-                        return Err(hdf5::Error::from("more patches than coordinates"));
+    let result =
+        cache::write_h5(&work.output, |file| {
+            cache::stamp(file, &work.parameters)?;
+            cache::write_str_attr(file, "software_version", crate::VERSION)?;
+            let mut coords = Array2::<i64>::zeros((n, 2));
+            for (i, c) in work.job.coords.iter().enumerate() {
+                coords[[i, 0]] = c[0];
+                coords[[i, 1]] = c[1];
+            }
+            file.new_dataset_builder()
+                .obj_track_times(false)
+                .with_data(&coords)
+                .create("coords")?;
+            let features = file
+                .new_dataset::<f32>()
+                .obj_track_times(false)
+                .shape([n, dim])
+                .create("features")?;
+            let mut row = 0;
+            loop {
+                let waited = Instant::now();
+                let message = receiver
+                    .recv()
+                    .map_err(|_| hdf5::Error::from("the reader threads stopped"))?;
+                timing.wait_s += waited.elapsed().as_secs_f64();
+                match message {
+                    Message::Batch {
+                        pixels,
+                        rows,
+                        read_s,
+                        resize_s,
+                    } => {
+                        let started = Instant::now();
+                        // On CUDA a short last batch is padded to the full size: a new shape would
+                        // send cuDNN's autotuner through every layer again (about a second).
+                        let out =
+                            if encoder.device.is_cuda() && rows < batch_size {
+                                let mut padded = pixels;
+                                padded.resize(batch_size * (size as usize).pow(2) * 3, 0);
+                                embed(encoder, &padded, batch_size, size, kind, &mut staging)
+                                    .narrow(0, 0, rows as i64)
+                            } else {
+                                embed(encoder, &pixels, rows, size, kind, &mut staging)
+                            };
+                        let values = Vec::<f32>::try_from(&out.reshape([-1]))
+                            .map_err(|e| hdf5::Error::from(format!("libtorch: {e}")))?;
+                        timing.model_s += started.elapsed().as_secs_f64();
+                        timing.read_s += read_s;
+                        timing.resize_s += resize_s;
+                        let block = Array2::from_shape_vec((rows, dim), values)
+                            .map_err(|e| hdf5::Error::from(e.to_string()))?;
+                        if row + rows > n {
+                            return Err(hdf5::Error::from("more patches than coordinates"));
+                        }
+                        features.write_slice(&block, s![row..row + rows, ..])?;
+                        row += rows;
                     }
-                    features.write_slice(&block, s![row..row + rows, ..])?;
-                    row += rows;
-                }
-                Message::End => {
-                    ended = true;
-                    break;
-                }
-                Message::Failed(message) => {
-                    ended = true;
-                    reader_error = Some(message.clone());
-                    return Err(hdf5::Error::from(message));
+                    Message::End => {
+                        ended = true;
+                        break;
+                    }
+                    Message::Failed(message) => {
+                        ended = true;
+                        reader_error = Some(message.clone());
+                        return Err(hdf5::Error::from(message));
+                    }
                 }
             }
-        }
-        if row != n {
-            return Err(hdf5::Error::from(format!("{row} of {n} patches encoded")));
-        }
-        timing.patches = n;
-        Ok(())
-    });
+            if row != n {
+                return Err(hdf5::Error::from(format!("{row} of {n} patches encoded")));
+            }
+            timing.patches = n;
+            Ok(())
+        });
     while !ended {
         match receiver.recv() {
             Ok(Message::End | Message::Failed(_)) | Err(_) => ended = true,
