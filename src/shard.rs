@@ -17,6 +17,16 @@ impl Shard {
     pub fn owns(&self, k: usize) -> bool {
         k % self.count == self.index
     }
+
+    /// The stage's manifest name: `tile` for the whole cohort, `tile_shard0of3` for a shard
+    /// (shards never share a manifest).
+    pub fn manifest_name(&self, stage: &str) -> String {
+        if *self == Shard::ALL {
+            stage.to_owned()
+        } else {
+            format!("{stage}_shard{}of{}", self.index, self.count)
+        }
+    }
 }
 
 impl FromStr for Shard {
@@ -50,5 +60,7 @@ mod tests {
         assert!("3/3".parse::<Shard>().is_err());
         assert!("1".parse::<Shard>().is_err());
         assert!("0/0".parse::<Shard>().is_err());
+        assert_eq!(Shard::ALL.manifest_name("tile"), "tile");
+        assert_eq!(shards[1].manifest_name("mri"), "mri_shard1of3");
     }
 }

@@ -391,10 +391,7 @@ pub fn run(
         .features
         .clone()
         .unwrap_or_else(|| cache_dir.join("features"));
-    let mut manifest = Manifest::new(
-        &cache_dir,
-        &crate::mri::shard_manifest_name("features", shard),
-    );
+    let mut manifest = Manifest::new(&cache_dir, &shard.manifest_name("features"));
     let mut report = FeaturesReport {
         devices: devices.iter().map(|d| format!("{d:?}")).collect(),
         ..FeaturesReport::default()

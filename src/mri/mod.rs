@@ -303,7 +303,7 @@ pub fn run(
         config.train.seed,
     )?;
     let out_dir = config.cache_dir().join("mri");
-    let mut manifest = Manifest::new(&config.cache_dir(), &shard_manifest_name("mri", shard));
+    let mut manifest = Manifest::new(&config.cache_dir(), &shard.manifest_name("mri"));
     let (mut done, mut kept) = (0, 0);
     let mut failed = Vec::new();
     let owned = (0..cases.len()).filter(|&k| shard.owns(k)).count();
@@ -341,15 +341,6 @@ pub fn run(
         failed,
         manifest: manifest.path().to_owned(),
     })
-}
-
-/// `mri` for the whole cohort, `mri_shard0of3` for a shard (shards never share a manifest).
-pub fn shard_manifest_name(stage: &str, shard: Shard) -> String {
-    if shard == Shard::ALL {
-        stage.to_owned()
-    } else {
-        format!("{stage}_shard{}of{}", shard.index, shard.count)
-    }
 }
 
 /// Ok(true) when written, Ok(false) when an up-to-date output was kept.

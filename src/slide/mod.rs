@@ -366,7 +366,7 @@ pub fn run(
     let cache_dir = config.cache_dir();
     let patches_dir = cache_dir.join("patches");
     let masks_dir = cache_dir.join("masks");
-    let manifest_name = crate::mri::shard_manifest_name("tile", shard);
+    let manifest_name = shard.manifest_name("tile");
     let manifest = Mutex::new(Manifest::new(&cache_dir, &manifest_name));
     let owned: Vec<&SlideEntry> = entries
         .iter()

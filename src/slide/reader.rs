@@ -188,24 +188,14 @@ impl Slide {
         w: u32,
         h: u32,
     ) -> Result<RgbImage, SlideError> {
-        let read_error = |message: String| SlideError::Read {
+        let bytes = self.read_rgb_bytes(x, y, level, w, h)?;
+        RgbImage::from_raw(w, h, bytes).ok_or_else(|| SlideError::Read {
             path: self.path.clone(),
             level,
             x,
             y,
-            message,
-        };
-        let (Ok(ax), Ok(ay)) = (u32::try_from(x), u32::try_from(y)) else {
-            return Err(read_error("negative or too large coordinates".into()));
-        };
-        let region = Region {
-            address: Address { x: ax, y: ay },
-            level,
-            size: Size { w, h },
-        };
-        self.osr
-            .read_image_rgb(&region)
-            .map_err(|e| read_error(e.to_string()))
+            message: "OpenSlide returned a buffer of the wrong size".into(),
+        })
     }
 
     /// The slide at about `downsample` (relative to level 0): the level OpenSlide picks for it
