@@ -120,6 +120,59 @@ fn clam(case: &Case, work: &Path) -> Option<(f64, f64, usize)> {
     Some((seg, patch, count))
 }
 
+/// A cohort of `n` copies of `slide` (symbolic links): ours (the whole stage, slides in
+/// parallel) and CLAM's script (its whole run, Python start included) in wall seconds per slide.
+fn cohort(slide: &Path, n: usize, work: &Path) -> (f64, Option<f64>) {
+    let dir = work.join("cohort");
+    std::fs::create_dir_all(&dir).expect("cohort dir");
+    for i in 0..n {
+        let link = dir.join(format!("slide{i}.svs"));
+        if !link.exists() {
+            std::os::unix::fs::symlink(slide, &link).expect("symlink");
+        }
+    }
+    let config = Config::load(
+        None,
+        &[format!(
+            "paths.cache={}",
+            work.join("cohort_cache").display()
+        )],
+    )
+    .expect("configuration");
+    let started = Instant::now();
+    let report =
+        slide::run(&config, Some(&dir), true, hdmoe_pipe::shard::Shard::ALL).expect("tile");
+    assert_eq!(report.done, n, "{report:?}");
+    let ours = started.elapsed().as_secs_f64() / n as f64;
+    let theirs = (|| {
+        let clam_dir = std::env::var_os("CLAM_DIR")?;
+        let python = std::env::var_os("CLAM_PYTHON")?;
+        let started = Instant::now();
+        let status = Command::new(python)
+            .current_dir(clam_dir)
+            .args([
+                "create_patches_fp.py",
+                "--seg",
+                "--patch",
+                "--patch_size",
+                "512",
+                "--step_size",
+                "512",
+                "--source",
+            ])
+            .arg(&dir)
+            .arg("--save_dir")
+            .arg(work.join("cohort_clam"))
+            .output()
+            .ok()?;
+        status
+            .status
+            .success()
+            .then(|| started.elapsed().as_secs_f64() / n as f64)
+    })();
+    (ours, theirs)
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if let Ok(path) = std::env::var("HDMOE_BENCH_SLIDE") {
@@ -173,7 +226,9 @@ fn main() {
         },
     ];
     let large = root.join("bench-out/large40x.svs");
+    let mut cohort_row = None;
     if large.is_file() {
+        cohort_row = Some(large.clone());
         cases.push(Case {
             name: "large40x (40x pyramid, generated)",
             path: large,
@@ -227,5 +282,15 @@ fn main() {
             case.name,
             patches as f64 / ours
         );
+    }
+    if let Some(slide) = cohort_row {
+        let n = 4;
+        let (ours, theirs) = cohort(&slide, n, work.path());
+        println!("\n| cohort of {n} large40x slides (whole runs) | ours s / slide | CLAM s / slide (its script, Python start included) | speed-up |");
+        println!("|---|---:|---:|---:|");
+        match theirs {
+            Some(t) => println!("| tile, clam_default, 512 px at level 0 | {ours:.2} | {t:.2} | {:.1}x |", t / ours),
+            None => println!("| tile, clam_default, 512 px at level 0 | {ours:.2} | not run (set CLAM_DIR, CLAM_PYTHON) | |"),
+        }
     }
 }
