@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture, hashed_weights};
+use common::{copy_slides, fixture, hashed_weights};
 use hdmoe_pipe::cache::read_str_attr;
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::encode::EncoderKind;
@@ -67,13 +67,7 @@ fn read_features(path: &Path) -> ndarray::Array2<f32> {
 fn features_of_real_patches_match_torchvision() {
     let dir = tempfile::tempdir().unwrap();
     let weights = hashed_weights(EncoderKind::Resnet50, dir.path());
-    let slides = dir.path().join("slides");
-    std::fs::create_dir_all(&slides).unwrap();
-    std::fs::copy(
-        fixture("slides/aperio20x.svs"),
-        slides.join("aperio20x.svs"),
-    )
-    .unwrap();
+    let slides = copy_slides(dir.path(), &["aperio20x.svs"]);
     let want = reference();
     let coords: Vec<[i64; 2]> = want["coords"]
         .as_array()
@@ -122,11 +116,10 @@ fn features_of_real_patches_match_torchvision() {
 }
 
 fn tiled(dir: &Path) -> PathBuf {
-    let slides = dir.join("slides");
-    std::fs::create_dir_all(&slides).unwrap();
-    for name in ["aperio40x.svs", "cmu_small_region.svs", "not_a_slide.svs"] {
-        std::fs::copy(fixture(&format!("slides/{name}")), slides.join(name)).unwrap();
-    }
+    let slides = copy_slides(
+        dir,
+        &["aperio40x.svs", "cmu_small_region.svs", "not_a_slide.svs"],
+    );
     let cfg = config(dir, &slides, &["tile.preset=biopsy".to_owned()]);
     let report = slide::run(&cfg, None, false, Shard::ALL).expect("tile");
     assert_eq!(report.done, 2);
@@ -194,13 +187,7 @@ fn stage_resumes_refuses_mismatches_and_reports_bad_slides() {
 #[test]
 fn a_slide_that_fails_mid_read_leaves_no_output() {
     let dir = tempfile::tempdir().unwrap();
-    let slides = dir.path().join("slides");
-    std::fs::create_dir_all(&slides).unwrap();
-    std::fs::copy(
-        fixture("slides/aperio20x.svs"),
-        slides.join("aperio20x.svs"),
-    )
-    .unwrap();
+    let slides = copy_slides(dir.path(), &["aperio20x.svs"]);
     // A patches file naming a level the slide does not have (OpenSlide would read blank).
     let path = dir.path().join("cache/patches/aperio20x.h5");
     clam_patches(&path, &[[0, 0], [256, 0]], 256);

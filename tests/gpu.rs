@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, hashed_weights};
+use common::{copy_slides, fixture, hashed_weights};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::encode::{Encoder, EncoderKind};
 use hdmoe_pipe::features;
@@ -72,11 +72,7 @@ fn features_stage_runs_on_cuda_in_fp16() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slides = dir.path().join("slides");
-    std::fs::create_dir_all(&slides).unwrap();
-    for name in ["aperio40x.svs", "cmu_small_region.svs"] {
-        std::fs::copy(fixture(&format!("slides/{name}")), slides.join(name)).unwrap();
-    }
+    let slides = copy_slides(dir.path(), &["aperio40x.svs", "cmu_small_region.svs"]);
     let config = Config::load(
         None,
         &[

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::fixture;
+use common::{copy_slides, fixture};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::slide::{self, list::SlideEntry, mask::SegOverrides, reader::Slide};
@@ -184,19 +184,10 @@ fn the_40x_pyramid_covers_the_same_tissue_as_the_20x_image() {
     );
 }
 
-fn good_slides(dir: &Path) -> PathBuf {
-    let slides = dir.join("slides");
-    std::fs::create_dir_all(&slides).unwrap();
-    for name in ["aperio40x.svs", "cmu_small_region.svs"] {
-        std::fs::copy(fixture(&format!("slides/{name}")), slides.join(name)).unwrap();
-    }
-    slides
-}
-
 #[test]
 fn resumes_after_deleted_and_truncated_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let slides = good_slides(dir.path());
+    let slides = copy_slides(dir.path(), &["aperio40x.svs", "cmu_small_region.svs"]);
     let cache = dir.path().join("cache");
     let cfg = config(&cache, &["tile.preset=biopsy"]);
     let first = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("run");

@@ -161,14 +161,6 @@ fn read_patches(
     Ok((coords, geometry, stamp))
 }
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The encoder's input on its device: u8 NHWC bytes → normalised NCHW in `kind` (channels-last
 /// strides on CUDA, contiguous on the CPU). On CUDA the bytes go through `staging`, a pinned
 /// host buffer allocated once per model thread, so the copy to the GPU is a fast DMA.
@@ -430,7 +422,7 @@ pub fn run(
                 .with("level_read_size", geometry.read_size)
                 .with(
                     "patches_sha256",
-                    sha256_hex(&format!("{stamp}\n{}", coords.len())),
+                    cache::sha256_text(&format!("{stamp}\n{}", coords.len())),
                 )
                 .with("layout_version", 1);
             match cache::freshness(&output, &parameters, force) {

@@ -201,11 +201,7 @@ fn inputs_digest(case_dir: &Path, options: &MriConfig) -> std::io::Result<String
             .unwrap_or_default();
         joined.push_str(&format!("{name}:{}\n", cache::sha256_file(&path)?));
     }
-    use sha2::{Digest, Sha256};
-    Ok(Sha256::digest(joined.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(cache::sha256_text(&joined))
 }
 
 fn write_case(

@@ -126,9 +126,21 @@ pub fn seg_params(entry: &SlideEntry, options: &TileConfig) -> SegParams {
 
 /// Mask and grid for one slide (no files written).
 pub fn analyse(entry: &SlideEntry, options: &TileConfig) -> Result<Analysis, SlideFailure> {
+    let slide = Slide::open(&entry.path).map_err(|e| SlideFailure::Error(e.to_string()))?;
+    let (slide_mpp, mpp_source) =
+        resolve_mpp(&slide, entry, options).map_err(SlideFailure::Error)?;
+    analyse_slide(&slide, entry, options, slide_mpp, mpp_source)
+}
+
+/// [`analyse`] on an open slide whose mpp is resolved.
+fn analyse_slide(
+    slide: &Slide,
+    entry: &SlideEntry,
+    options: &TileConfig,
+    slide_mpp: f64,
+    mpp_source: MppSource,
+) -> Result<Analysis, SlideFailure> {
     let error = |e: String| SlideFailure::Error(e);
-    let slide = Slide::open(&entry.path).map_err(|e| error(e.to_string()))?;
-    let (slide_mpp, mpp_source) = resolve_mpp(&slide, entry, options).map_err(error)?;
     let grid_mpp = match options.mpp_rounding {
         MppRounding::Real => slide_mpp,
         MppRounding::Nominal => grid::nominal_mpp(slide_mpp, slide.objective_power()),
@@ -196,12 +208,7 @@ pub fn fingerprint(path: &Path) -> std::io::Result<String> {
         file.read_exact(&mut buffer)?;
         hasher.update(&buffer);
     }
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("{size}:{digest}"))
+    Ok(format!("{size}:{}", cache::hex(&hasher.finalize())))
 }
 
 /// What made a patches file: the slide's identity and every option that changes the grid.
@@ -307,10 +314,8 @@ fn process_slide(
     let preview_path = masks_dir.join(format!("{}.png", entry.id));
     let fp =
         fingerprint(&entry.path).map_err(|e| error(format!("{}: {e}", entry.path.display())))?;
-    // The stamp needs the mpp: opening the slide is cheap next to the mask.
     let slide = Slide::open(&entry.path).map_err(|e| error(e.to_string()))?;
     let (slide_mpp, source) = resolve_mpp(&slide, entry, options).map_err(error)?;
-    drop(slide);
     let params = seg_params(entry, options);
     let wanted = parameters(entry, options, &params, slide_mpp, source, &fp);
     match cache::freshness(&output, &wanted, force) {
@@ -320,7 +325,7 @@ fn process_slide(
         }
         _ => {}
     }
-    let a = analyse(entry, options)?;
+    let a = analyse_slide(&slide, entry, options, slide_mpp, source)?;
     let png = preview::render(&a.low_res, a.scale, &a.tissue, &a.coords, a.plan.read_size)
         .map_err(|e| {
             error(format!(

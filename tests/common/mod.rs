@@ -138,3 +138,14 @@ pub fn hashed_weights(
     Tensor::write_safetensors(&named, &path).expect("write safetensors");
     path
 }
+
+/// `dir/slides` holding copies of the named fixture slides (fixtures/slides/<name>).
+pub fn copy_slides(dir: &Path, names: &[&str]) -> PathBuf {
+    let slides = dir.join("slides");
+    std::fs::create_dir_all(&slides).expect("slides folder");
+    for name in names {
+        std::fs::copy(fixture(&format!("slides/{name}")), slides.join(name))
+            .expect("copy fixture slide");
+    }
+    slides
+}
