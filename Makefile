@@ -7,12 +7,12 @@ DATASET ?= demo
 VENV ?= .venv
 CARGO := scripts/cargo.sh $(VENV)
 STAMP := $(VENV)/.hdmoe-setup-stamp
-# The dev profile (see Cargo.toml) shares its build with `make test`; the heavy numeric work is
-# inside libtorch, which runs at the same speed in every profile.
-BIN := $(or $(CARGO_TARGET_DIR),target)/debug/hdmoe-pipe
-RUN_DIR := runs/$(DATASET)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# `make all` runs the release build; tests and benchmarks share the dev build (see Cargo.toml).
+RELEASE_BIN := $(TARGET_DIR)/release/hdmoe-pipe
+BIN := $(TARGET_DIR)/debug/hdmoe-pipe
 
-.PHONY: all setup build test bench bench-tcga clean
+.PHONY: all setup build release test bench bench-tcga clean
 
 # Idempotent: reruns only when the set-up script changes or the environment is gone.
 setup: $(STAMP)
@@ -23,18 +23,14 @@ $(STAMP): scripts/setup.sh
 build: setup
 	$(CARGO) build
 
-# Until the tile and features stages land, `all` runs the stages that exist on the dataset's
-# configuration: the resolved configuration, the cohort check (labels, time bins, splits), the
-# genomic groups, training (genomics-only for the demo) and the report.
-all: build
-	$(BIN) config --config pipelines/$(DATASET).yaml
-	mkdir -p $(RUN_DIR)
-	$(BIN) cohort --config pipelines/$(DATASET).yaml --labels-out $(RUN_DIR)/labels.csv
-	$(BIN) genomics --config pipelines/$(DATASET).yaml
-	$(BIN) fit --config pipelines/$(DATASET).yaml
-	$(BIN) report --config pipelines/$(DATASET).yaml --predictions $(RUN_DIR)/predictions.csv \
-	  --out $(RUN_DIR)/report
-	@echo "report: $(RUN_DIR)/report/report.md"
+release: setup
+	$(CARGO) build --release --bin hdmoe-pipe
+
+# Every stage pipelines/$(DATASET).yaml enables (tile, features, genomics, mri, fit), then the
+# report; ends with the C-index table and the report's path. demo_lc first writes its MRI cases.
+all: release
+	@if [ "$(DATASET)" = demo_lc ]; then $(RELEASE_BIN) demo-mri --config pipelines/demo_lc.yaml; fi
+	$(RELEASE_BIN) run --config pipelines/$(DATASET).yaml
 
 test: setup
 	$(CARGO) test

@@ -17,6 +17,18 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     // `hdmoe-pipe doctor` reports which libtorch this binary was linked against.
     println!("cargo:rustc-env=HDMOE_LIBTORCH_LIB={lib_dir}");
+    // The wheel's torch/version.py (one level above lib/) names the libtorch release.
+    let version_py = Path::new(&lib_dir).join("../version.py");
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    let version = std::fs::read_to_string(&version_py)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("__version__ = "))
+                .map(|v| v.trim().trim_matches('\'').to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=HDMOE_TORCH_VERSION={version}");
     if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }

@@ -251,6 +251,8 @@ pub struct MriConfig {
     pub encoder: EncoderKind,
     /// torchvision state dict (.pth or .safetensors) for the encoder.
     pub weights: Option<PathBuf>,
+    /// Run without `weights` on seeded random ones, as `--random-weights` does.
+    pub random_weights: bool,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     pub volume_4d: Volume4d,
@@ -268,6 +270,7 @@ impl Default for MriConfig {
             clip_percentiles: [0.5, 99.5],
             encoder: EncoderKind::Resnet3d18,
             weights: None,
+            random_weights: false,
             device: "auto".into(),
             volume_4d: Volume4d::Error,
         }
@@ -643,6 +646,14 @@ impl Config {
             .cache
             .clone()
             .unwrap_or_else(|| Path::new("cache").join(&self.dataset.name))
+    }
+
+    /// Where `fit` and `report` write: `paths.runs`, default `runs/<dataset name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.paths
+            .runs
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(&self.dataset.name))
     }
 
     /// The resolved configuration as YAML.

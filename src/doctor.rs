@@ -7,7 +7,21 @@ pub fn facts() -> Vec<(String, String)> {
     let cuda = tch::Cuda::is_available();
     let mut facts = vec![
         ("hdmoe-pipe".to_owned(), crate::VERSION.to_owned()),
-        ("libtorch".to_owned(), libtorch.to_owned()),
+        (
+            "libtorch".to_owned(),
+            format!(
+                "{} ({libtorch})",
+                option_env!("HDMOE_TORCH_VERSION").unwrap_or("unknown")
+            ),
+        ),
+        (
+            "openslide".to_owned(),
+            openslide_rs::OpenSlide::version().unwrap_or_else(|e| format!("unknown ({e})")),
+        ),
+        ("hdf5".to_owned(), {
+            let (major, minor, patch) = hdf5::library_version();
+            format!("{major}.{minor}.{patch}")
+        }),
         (
             "libtorch threads".to_owned(),
             tch::utils::get_num_threads().to_string(),

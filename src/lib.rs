@@ -13,6 +13,7 @@ pub mod genomics;
 pub mod labels;
 pub mod model;
 pub mod mri;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod shard;

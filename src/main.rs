@@ -8,14 +8,18 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::shard::Shard;
-use hdmoe_pipe::{doctor, features, genomics, labels, mri, report, slide, train};
+use hdmoe_pipe::{doctor, features, genomics, labels, mri, pipeline, report, slide, train};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
 ///
-/// Stages available in this build: config, cohort, tile, features, genomics, mri, fit, report, doctor. Every stage reads the
+/// Stages: tile, features, genomics, mri, fit, report; `run` runs the ones the dataset's
+/// modalities need, in order. Also: config, cohort, doctor. Every command reads the
 /// dataset's YAML (`--config pipelines/<name>.yaml`); `--set section.key=value` overrides one
 /// value. Keys and defaults: docs/CONFIG.md.
+///
+/// Exit status: 0 done; 3 the stage completed but some items (slides, cases, patients) failed,
+/// listed in its manifest; 1 any other error.
 #[derive(Parser)]
 #[command(name = "hdmoe-pipe", version, verbatim_doc_comment)]
 struct Cli {
@@ -52,8 +56,59 @@ enum Command {
     Fit(StageCmd),
     /// C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from predictions.
     Report(ReportCmd),
-    /// Show the libtorch this binary uses and whether CUDA devices are visible.
+    /// Show the libtorch, OpenSlide and HDF5 this binary uses and whether CUDA devices are visible.
     Doctor,
+    /// Every stage that dataset.modalities needs (tile, features, genomics, mri, fit), then the
+    /// report, each as a child process; records time and peak RSS per stage in
+    /// runs/<name>/stages.csv, and ends with the C-index table and the report's path. A stage
+    /// with failed items does not stop the run; a stage that fails outright stops the rest.
+    Run(RunCmd),
+    /// Write the demo_lc MRI cases: for every patient of paths.cohort, a folder under
+    /// paths.mri with five sequences and a tumour mask derived from one real volume
+    /// (fixtures/mri/nibabel_anatomical.nii, a brain T1: it exercises the MRI path, it is not
+    /// liver MRI). Existing case folders are kept.
+    DemoMri(DemoMriCmd),
+}
+
+#[derive(Args)]
+struct DemoMriCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The NIfTI volume every case is derived from.
+    #[arg(
+        long,
+        value_name = "NII",
+        default_value = "fixtures/mri/nibabel_anatomical.nii"
+    )]
+    source: PathBuf,
+}
+
+#[derive(Args)]
+struct RunCmd {
+    #[command(flatten)]
+    stage: StageCmd,
+    /// Pass --random-weights to the features and mri stages.
+    #[arg(long)]
+    random_weights: bool,
+}
+
+/// A stage that completed while some of its items failed (exit status 3).
+#[derive(Debug)]
+struct PartialFailure(String);
+
+impl std::fmt::Display for PartialFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PartialFailure {}
+
+/// Returns a PartialFailure error from a stage command.
+macro_rules! partial {
+    ($($arg:tt)*) => {
+        return Err(PartialFailure(format!($($arg)*)).into())
+    };
 }
 
 #[derive(Args)]
@@ -134,6 +189,11 @@ struct ReportCmd {
     /// the paper's best-epoch protocol). Default: summary.csv beside the predictions, if any.
     #[arg(long, value_name = "CSV")]
     summary: Option<PathBuf>,
+    /// The run folder (fit's config.yaml, fold_*/routing.csv, `run`'s stages.csv): adds the
+    /// configuration, versions, stage times, failures and expert routing to the report, and
+    /// writes report.html. Default: the predictions' folder when it holds fit's config.yaml.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
 }
 
 fn init_logging(quiet: bool, verbose: u8) {
@@ -190,7 +250,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let bad = result.failed.len() + result.no_tissue.len();
             if bad > 0 {
-                anyhow::bail!(
+                partial!(
                     "tile: {bad} of {} slides gave no patches ({} failed, {} without tissue; listed in {})",
                     bad + result.done + result.kept,
                     result.failed.len(),
@@ -201,7 +261,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Features(args) => {
             let config = args.stage.config.load()?;
-            let result = features::run(&config, args.stage.force, args.random_weights, args.shard)?;
+            let result = features::run(
+                &config,
+                args.stage.force,
+                args.random_weights || config.features.random_weights,
+                args.shard,
+            )?;
             let t = &result.timing;
             println!(
                 "features: {} slides encoded ({} patches, {:.1} patches/s on {}), {} kept (same parameters), {} failed; manifest {}",
@@ -214,7 +279,7 @@ fn run(cli: Cli) -> Result<()> {
                 result.manifest.display()
             );
             if !result.failed.is_empty() {
-                anyhow::bail!(
+                partial!(
                     "features: {} of {} slides failed (listed in {})",
                     result.failed.len(),
                     result.failed.len() + result.done + result.kept,
@@ -239,7 +304,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  {:<32} {:>5} columns", group.key, group.columns.len());
             }
             if !result.failed.is_empty() {
-                anyhow::bail!(
+                partial!(
                     "genomics: {} of {} patients failed (listed in {}/genomics_manifest.csv)",
                     result.failed.len(),
                     result.failed.len() + result.patients,
@@ -249,7 +314,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Mri(args) => {
             let config = args.stage.config.load()?;
-            let result = mri::run(&config, args.stage.force, args.random_weights, args.shard)?;
+            let result = mri::run(
+                &config,
+                args.stage.force,
+                args.random_weights || config.mri.random_weights,
+                args.shard,
+            )?;
             println!(
                 "mri: {} cases encoded, {} kept (same parameters), {} failed; manifest {}",
                 result.done,
@@ -258,7 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 result.manifest.display()
             );
             if !result.failed.is_empty() {
-                anyhow::bail!(
+                partial!(
                     "mri: {} of {} cases failed (listed in {})",
                     result.failed.len(),
                     result.failed.len() + result.done + result.kept,
@@ -291,6 +361,8 @@ fn run(cli: Cli) -> Result<()> {
                 predictions: args.predictions,
                 out: args.out,
                 summary: args.summary,
+                run: args.run,
+                cache: Some(config.cache_dir()),
             };
             let outputs = report::run(&report_args, &config.report)
                 .context("report failed; nothing was overwritten")?;
@@ -307,6 +379,119 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{name}: {value}");
             }
         }
+        Command::Run(args) => run_pipeline(&args)?,
+        Command::DemoMri(args) => {
+            let config = args.config.load()?;
+            let root = config
+                .paths
+                .mri
+                .clone()
+                .context("configuration: `paths.mri` is not set; name the folder to write")?;
+            let cohort_path = config
+                .paths
+                .cohort
+                .clone()
+                .context("configuration: `paths.cohort` is not set")?;
+            let cohort = hdmoe_pipe::cohort::Cohort::read(&cohort_path)?;
+            let source = mri::nifti::read(&args.source)?;
+            let cases: Vec<String> = cohort.patients.iter().map(|p| p.case_id.clone()).collect();
+            let written = mri::synthetic::write_cohort(&root, &source, &cases)
+                .with_context(|| format!("{}: cannot write the demo MRI cases", root.display()))?;
+            println!(
+                "demo-mri: {written} case folders written, {} kept, in {}",
+                cases.len() - written,
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_pipeline(args: &RunCmd) -> Result<()> {
+    let config = args.stage.config.load()?;
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let options = pipeline::RunOptions {
+        exe: &exe,
+        config_file: args.stage.config.config.as_deref(),
+        overrides: &args.stage.config.set,
+        force: args.stage.force,
+        random_weights: args.random_weights,
+    };
+    let records = pipeline::run(&config, &options)?;
+    let run_dir = config.run_dir();
+    println!();
+    println!("stage      outcome             seconds  peak RSS MB");
+    for r in &records {
+        println!(
+            "{:<10} {:<18} {:>8.1}  {:>11.0}",
+            r.stage.name(),
+            r.outcome.as_str(),
+            r.seconds,
+            r.peak_rss_mb
+        );
+    }
+    let cindex = run_dir.join("report").join(report::CINDEX_CSV);
+    if let Ok(text) = std::fs::read_to_string(&cindex) {
+        println!("\nC-index ({})", cindex.display());
+        // Numbers to four decimals, columns aligned: the table a user reads first.
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .map(|line| {
+                line.split(',')
+                    .map(|cell| match cell.parse::<f64>() {
+                        Ok(x) if cell.contains('.') => format!("{x:.4}"),
+                        _ => cell.to_owned(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                rows.iter()
+                    .filter_map(|r| r.get(c))
+                    .map(String::len)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:>w$}"))
+                .collect();
+            println!("  {}", cells.join("  "));
+        }
+    }
+    let html = run_dir.join("report").join(report::REPORT_HTML);
+    if html.is_file() {
+        println!("\nreport: {}", html.display());
+        println!(
+            "        {}",
+            run_dir.join("report").join(report::REPORT_MD).display()
+        );
+    }
+    let troubled: Vec<String> = records
+        .iter()
+        .filter(|r| r.outcome != pipeline::Outcome::Ok)
+        .map(|r| {
+            let detail = if r.message.is_empty() {
+                r.exit.clone()
+            } else {
+                r.message.clone()
+            };
+            format!("{} ({}: {detail})", r.stage.name(), r.outcome.as_str())
+        })
+        .collect();
+    if !troubled.is_empty() {
+        anyhow::bail!(
+            "run: {} of {} stages did not complete cleanly: {}; details in {}",
+            troubled.len(),
+            records.len(),
+            troubled.join("; "),
+            run_dir.join(pipeline::STAGES_CSV).display()
+        );
     }
     Ok(())
 }
@@ -319,7 +504,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<PartialFailure>().is_some() {
+                ExitCode::from(pipeline::PARTIAL_EXIT as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -215,6 +215,8 @@ fn fused_model_writes_every_output_and_resumes_exactly_after_a_kill() {
             predictions: runs.join("predictions.csv"),
             out: runs.join("report"),
             summary: None,
+            run: None,
+            cache: None,
         },
         &Default::default(),
     )

@@ -62,6 +62,8 @@ fn tables_reproduce_the_reference_values() {
             predictions: predictions_for(&r, dir.path()),
             out: dir.path().join("report"),
             summary: None,
+            run: None,
+            cache: None,
         };
         let outputs = report::run(&args, &ReportConfig::default()).unwrap();
         assert!(outputs.notes.is_empty(), "{name}: {:?}", outputs.notes);
@@ -187,6 +189,8 @@ fn best_epoch_summary_is_shown_beside_the_headline() {
         predictions,
         out: dir.path().join("out"),
         summary: None,
+        run: None,
+        cache: None,
     };
     report::run(&args, &ReportConfig::default()).unwrap();
     let (h, rows) = read_table(&args.out.join("cindex.csv"));
@@ -223,6 +227,8 @@ fn degenerate_inputs_still_give_a_report_with_notes() {
         predictions: path,
         out: dir.path().join("out"),
         summary: None,
+        run: None,
+        cache: None,
     };
     let outputs = report::run(&args, &ReportConfig::default()).unwrap();
     let notes = outputs.notes.join("\n");

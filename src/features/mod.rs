@@ -556,6 +556,9 @@ pub struct FeaturesConfig {
     pub encoder: EncoderKind,
     /// torchvision's ResNet-50 state dict (.pth or .safetensors).
     pub weights: Option<PathBuf>,
+    /// Run without `weights` on seeded random ones (outputs stamped NOT pretrained), as
+    /// `--random-weights` does; the demo sets it because it ships no ImageNet weights.
+    pub random_weights: bool,
     /// Encoder input side: null = the patch size (legacy CLAM, 256 unresized); 224 = current CLAM.
     pub resize: Option<u32>,
     pub batch_size: usize,
@@ -576,6 +579,7 @@ impl Default for FeaturesConfig {
         Self {
             encoder: EncoderKind::Resnet50Trunc,
             weights: None,
+            random_weights: false,
             resize: None,
             batch_size: 64,
             device: "auto".into(),

@@ -271,6 +271,8 @@ pub fn list_cases(root: &Path) -> Result<Vec<(String, PathBuf)>, MriError> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
+        // Hidden folders are not cases (a half-written `.<case>.partial`, `.git`, ...).
+        .filter(|(name, _)| !name.starts_with('.'))
         .collect();
     cases.sort();
     if cases.is_empty() {

@@ -54,3 +54,34 @@ pub fn write_case(
     }
     nifti::write_f32(&dir.join("mask.nii.gz"), dims, spacing, &mask)
 }
+
+/// Writes a case folder for every case id under `root` (the `demo_lc` cohort), each with its
+/// own box-shaped tumour inside `source`, placed by the case's index so reruns give the same
+/// files. A case folder that exists is kept; a new one appears only when complete (written
+/// beside it, then renamed). Returns how many were written.
+pub fn write_cohort(root: &Path, source: &Volume, case_ids: &[String]) -> std::io::Result<usize> {
+    std::fs::create_dir_all(root)?;
+    let dims = source.shape3();
+    let mut written = 0;
+    for (i, case) in case_ids.iter().enumerate() {
+        let dir = root.join(case);
+        if dir.is_dir() {
+            continue;
+        }
+        // Boxes of 3..=8 voxels a side (6..=16 mm at 2 mm), moved through the volume.
+        let size = [3 + i % 6, 3 + (i / 2) % 6, 2 + (i / 3) % 4];
+        let lo: [usize; 3] = std::array::from_fn(|a| {
+            let room = dims[a].saturating_sub(size[a] + 2).max(1);
+            1 + (i * [7, 11, 5][a]) % room
+        });
+        let hi: [usize; 3] = std::array::from_fn(|a| (lo[a] + size[a] - 1).min(dims[a] - 1));
+        let partial = root.join(format!(".{case}.partial"));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        write_case(&partial, source, (lo, hi))?;
+        std::fs::rename(&partial, &dir)?;
+        written += 1;
+    }
+    Ok(written)
+}

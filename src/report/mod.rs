@@ -1,9 +1,11 @@
 //! `hdmoe-pipe report`: C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from
 //! an out-of-fold predictions table, as CSV, Markdown and a PNG.
 
+pub mod html;
 pub mod markdown;
 pub mod plot;
 pub mod predictions;
+pub mod run_info;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -34,6 +36,11 @@ pub struct ReportArgs {
     /// Per-fold `c_index_best` (the paper's best-epoch protocol) from `fit`'s `summary.csv`.
     /// When `None`, a `summary.csv` beside the predictions is used if it has that column.
     pub summary: Option<PathBuf>,
+    /// The run folder (fit's config.yaml, routing, `run`'s stages.csv). When `None`, the
+    /// predictions' folder if it holds fit's config.yaml.
+    pub run: Option<PathBuf>,
+    /// The cache folder whose stage manifests list the failed items.
+    pub cache: Option<PathBuf>,
 }
 
 /// The files written, in the order they were written.
@@ -51,6 +58,7 @@ pub const LOGRANK_CSV: &str = "logrank.csv";
 pub const TTEST_CSV: &str = "ttest.csv";
 pub const REPORT_MD: &str = "report.md";
 pub const KM_PNG: &str = "km.png";
+pub const REPORT_HTML: &str = "report.html";
 
 pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, ReportError> {
     let predictions = Predictions::read(&args.predictions)?;
@@ -92,13 +100,35 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
         files.push(png.clone());
         true
     };
+    let info = match run_dir(args) {
+        Some(dir) => Some(run_info::read(
+            &dir,
+            args.cache.as_deref().unwrap_or(Path::new("")),
+        )?),
+        None => None,
+    };
     let md = args.out.join(REPORT_MD);
-    let text = render_markdown(&predictions, config, &analysis, png_written);
+    let text = render_markdown(&predictions, config, &analysis, png_written, info.as_ref());
     atomic::write_bytes(&md, text.as_bytes()).map_err(|e| ReportError::Output {
         path: md.clone(),
         message: e.to_string(),
     })?;
     files.push(md);
+    let html_path = args.out.join(REPORT_HTML);
+    let png_bytes = if png_written {
+        Some(std::fs::read(&png).map_err(|e| ReportError::Output {
+            path: png.clone(),
+            message: e.to_string(),
+        })?)
+    } else {
+        None
+    };
+    let page = html::page(&text, png_bytes.as_deref());
+    atomic::write_bytes(&html_path, page.as_bytes()).map_err(|e| ReportError::Output {
+        path: html_path.clone(),
+        message: e.to_string(),
+    })?;
+    files.push(html_path);
     Ok(ReportOutputs {
         files,
         cindex_mean: analysis.cindex_mean,
@@ -118,6 +148,16 @@ fn write_csv(path: &Path, df: &mut DataFrame) -> Result<(), ReportError> {
     .map_err(|e| ReportError::Output {
         path: path.to_owned(),
         message: e.to_string(),
+    })
+}
+
+/// `--run`, or the predictions' folder when fit wrote its config.yaml there.
+fn run_dir(args: &ReportArgs) -> Option<PathBuf> {
+    args.run.clone().or_else(|| {
+        args.predictions
+            .parent()
+            .filter(|dir| dir.join("config.yaml").is_file())
+            .map(Path::to_path_buf)
     })
 }
 
@@ -159,6 +199,7 @@ fn render_markdown(
     config: &ReportConfig,
     a: &Analysis,
     png_written: bool,
+    info: Option<&run_info::RunInfo>,
 ) -> String {
     let events = p.event.iter().filter(|&&e| e).count();
     let mut md = String::from("# Survival report\n\n");
@@ -232,5 +273,50 @@ fn render_markdown(
         config.ci_level * 100.0
     ));
     md.push_str(&markdown::table(&a.km));
+    if let Some(info) = info {
+        md.push_str(&render_run(info));
+    }
+    md
+}
+
+fn render_run(info: &run_info::RunInfo) -> String {
+    let mut md = format!("\n## Run\n\nRun folder: `{}`.\n\n", info.run_dir.display());
+    md.push_str("| component | version |\n|---|---|\n");
+    for (name, value) in &info.versions {
+        md.push_str(&format!("| {name} | {} |\n", value.replace('|', "\\|")));
+    }
+    md.push_str("\n### Stages\n\n");
+    match &info.stages {
+        Some(stages) => {
+            md.push_str("Wall time and peak RSS of each stage's process (`hdmoe-pipe run`).\n\n");
+            md.push_str(&markdown::table(stages));
+        }
+        None => {
+            md.push_str("No stages.csv: the stages were run one by one, not by `hdmoe-pipe run`.\n")
+        }
+    }
+    md.push_str("\n### Failures\n\n");
+    if info.failures.height() == 0 {
+        md.push_str("None: every slide, case and patient the stages saw completed.\n");
+    } else {
+        md.push_str(
+            "Items the stages' manifests record as failed or without tissue, and patients fit \
+             excluded; every other item completed.\n\n",
+        );
+        md.push_str(&markdown::table(&info.failures));
+    }
+    if let Some(routing) = &info.routing {
+        md.push_str(
+            "\n### Expert routing\n\nHow often each routed expert was chosen on the held-out \
+             folds (each fold's last epoch, summed over folds); share within each MoE.\n\n",
+        );
+        md.push_str(&markdown::table(routing));
+    }
+    if let Some(yaml) = &info.config_yaml {
+        md.push_str(&format!(
+            "\n### Configuration\n\nResolved by fit (`config.yaml` in the run folder).\n\n```yaml\n{}```\n",
+            yaml
+        ));
+    }
     md
 }

@@ -784,11 +784,7 @@ pub fn run(config: &Config, force: bool) -> Result<FitReport, FitError> {
     let splits = cohort::read_splits(splits_dir, &config.train.folds, &data.cohort)
         .map_err(|e| FitError::Config(e.to_string()))?;
     let spec = model_spec(config, &data)?;
-    let run_dir = config
-        .paths
-        .runs
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&config.dataset.name));
+    let run_dir = config.run_dir();
     std::fs::create_dir_all(&run_dir).map_err(|e| output_error(&run_dir, e))?;
     let config_path = run_dir.join("config.yaml");
     atomic::write_bytes(&config_path, config.to_yaml().as_bytes())

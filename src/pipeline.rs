@@ -1,0 +1,377 @@
+//! `hdmoe-pipe run`: every stage the configuration enables, in order, then the report.
+//!
+//! Each stage runs as a child process of this same binary, exactly as a user would type it, so
+//! that its wall time and peak RSS are its own and a crash inside a native library (OpenSlide,
+//! HDF5, libtorch) ends that stage only. `runs/<name>/stages.csv` records every stage as it
+//! finishes; the report shows it beside the stages' own manifests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::atomic;
+use crate::config::{Config, Modality};
+
+/// Exit status of a stage that completed while some of its items (slides, cases, patients)
+/// failed: the others are done and later stages can use them.
+pub const PARTIAL_EXIT: i32 = 3;
+
+/// The per-run record of stage times, next to `predictions.csv`.
+pub const STAGES_CSV: &str = "stages.csv";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Tile,
+    Features,
+    Genomics,
+    Mri,
+    Fit,
+    Report,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Tile,
+        Stage::Features,
+        Stage::Genomics,
+        Stage::Mri,
+        Stage::Fit,
+        Stage::Report,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Tile => "tile",
+            Stage::Features => "features",
+            Stage::Genomics => "genomics",
+            Stage::Mri => "mri",
+            Stage::Fit => "fit",
+            Stage::Report => "report",
+        }
+    }
+
+    /// Stages with a per-item manifest (`<cache>/<name>_manifest.csv`, or one per shard).
+    pub fn has_manifest(self) -> bool {
+        matches!(
+            self,
+            Stage::Tile | Stage::Features | Stage::Genomics | Stage::Mri
+        )
+    }
+
+    fn takes_random_weights(self) -> bool {
+        matches!(self, Stage::Features | Stage::Mri)
+    }
+
+    fn takes_force(self) -> bool {
+        self != Stage::Report
+    }
+}
+
+/// The stages `dataset.modalities` needs, in dependency order.
+pub fn stages(config: &Config) -> Vec<Stage> {
+    let has = |m: Modality| config.dataset.modalities.contains(&m);
+    Stage::ALL
+        .into_iter()
+        .filter(|s| match s {
+            Stage::Tile | Stage::Features => has(Modality::Wsi),
+            Stage::Genomics => has(Modality::Genomics),
+            Stage::Mri => has(Modality::Mri),
+            Stage::Fit | Stage::Report => true,
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Completed; some items failed (listed in the stage's manifest).
+    Partial,
+    Failed,
+    /// Not started because an earlier stage failed.
+    NotRun,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Partial => "some items failed",
+            Outcome::Failed => "failed",
+            Outcome::NotRun => "not run",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub outcome: Outcome,
+    pub seconds: f64,
+    pub peak_rss_mb: f64,
+    /// `exit 0`, `exit 3`, `signal 9`, or empty when not run.
+    pub exit: String,
+    /// The stage's last `error:` line (its summary), if any.
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot start {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot write: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How to call this binary for each stage.
+pub struct RunOptions<'a> {
+    pub exe: &'a Path,
+    pub config_file: Option<&'a Path>,
+    pub overrides: &'a [String],
+    pub force: bool,
+    pub random_weights: bool,
+}
+
+impl RunOptions<'_> {
+    fn args(&self, stage: Stage, run_dir: &Path) -> Vec<String> {
+        let mut args = vec![stage.name().to_owned()];
+        if let Some(file) = self.config_file {
+            args.push("--config".into());
+            args.push(file.display().to_string());
+        }
+        for o in self.overrides {
+            args.push("--set".into());
+            args.push(o.clone());
+        }
+        if self.force && stage.takes_force() {
+            args.push("--force".into());
+        }
+        if self.random_weights && stage.takes_random_weights() {
+            args.push("--random-weights".into());
+        }
+        if stage == Stage::Report {
+            for (flag, path) in [
+                ("--predictions", run_dir.join("predictions.csv")),
+                ("--out", run_dir.join("report")),
+                ("--run", run_dir.to_owned()),
+            ] {
+                args.push(flag.into());
+                args.push(path.display().to_string());
+            }
+        }
+        args
+    }
+}
+
+/// Runs the enabled stages; a stage that fails outright stops the ones after it, a stage with
+/// failed items does not. Returns one record per enabled stage.
+pub fn run(config: &Config, options: &RunOptions) -> Result<Vec<StageRecord>, PipelineError> {
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(|source| PipelineError::Output {
+        path: run_dir.clone(),
+        source,
+    })?;
+    let mut records: Vec<StageRecord> = Vec::new();
+    for stage in stages(config) {
+        let blocked = records.iter().any(|r| r.outcome == Outcome::Failed);
+        let record = if blocked {
+            StageRecord {
+                stage,
+                outcome: Outcome::NotRun,
+                seconds: 0.0,
+                peak_rss_mb: 0.0,
+                exit: String::new(),
+                message: "an earlier stage failed".into(),
+            }
+        } else {
+            tracing::info!("run: {}", stage.name());
+            run_child(options.exe, &options.args(stage, &run_dir), stage)?
+        };
+        records.push(record);
+        // After every stage, so that the report (the last stage) reads the others' rows and a
+        // killed run keeps what it measured.
+        write_stages(&run_dir.join(STAGES_CSV), &records)?;
+    }
+    Ok(records)
+}
+
+fn run_child(exe: &Path, args: &[String], stage: Stage) -> Result<StageRecord, PipelineError> {
+    let start = Instant::now();
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| PipelineError::Spawn {
+            exe: exe.to_owned(),
+            source,
+        })?;
+    // Pass the stage's log through while keeping its last `error:` line for the record.
+    let stderr = child.stderr.take();
+    let echo = std::thread::spawn(move || {
+        let mut last_error = String::new();
+        if let Some(stderr) = stderr {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some(message) = line.strip_prefix("error: ") {
+                    last_error = message.to_owned();
+                }
+            }
+        }
+        last_error
+    });
+    let (status, peak_rss_mb) = wait_with_rusage(child.id());
+    let message = echo.join().unwrap_or_default();
+    let seconds = start.elapsed().as_secs_f64();
+    let (outcome, exit) = match status {
+        ChildStatus::Exited(0) => (Outcome::Ok, "exit 0".to_owned()),
+        ChildStatus::Exited(PARTIAL_EXIT) => (Outcome::Partial, format!("exit {PARTIAL_EXIT}")),
+        ChildStatus::Exited(code) => (Outcome::Failed, format!("exit {code}")),
+        ChildStatus::Signalled(signal) => (Outcome::Failed, format!("signal {signal}")),
+        ChildStatus::Unknown(e) => (Outcome::Failed, format!("wait failed: {e}")),
+    };
+    Ok(StageRecord {
+        stage,
+        outcome,
+        seconds,
+        peak_rss_mb,
+        exit,
+        message,
+    })
+}
+
+enum ChildStatus {
+    Exited(i32),
+    Signalled(i32),
+    Unknown(std::io::Error),
+}
+
+/// Waits for the child and returns its status with its own peak RSS in MB (wait4's rusage:
+/// std's `Child::wait` does not expose it).
+fn wait_with_rusage(pid: u32) -> (ChildStatus, f64) {
+    let pid = pid as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data, valid when zeroed; wait4 writes both out-parameters
+    // and `pid` is our own unreaped child (std's Child is dropped without waiting on it).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return (ChildStatus::Unknown(error), f64::NAN);
+        }
+    }
+    // Linux reports ru_maxrss in KiB.
+    let rss = usage.ru_maxrss as f64 / 1024.0;
+    let status = if libc::WIFEXITED(status) {
+        ChildStatus::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ChildStatus::Signalled(libc::WTERMSIG(status))
+    } else {
+        ChildStatus::Unknown(std::io::Error::other(format!("wait status {status}")))
+    };
+    (status, rss)
+}
+
+fn write_stages(path: &Path, records: &[StageRecord]) -> Result<(), PipelineError> {
+    let mut text = String::from("stage,outcome,seconds,peak_rss_mb,exit,message\n");
+    {
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        for r in records {
+            let row = [
+                r.stage.name().to_owned(),
+                r.outcome.as_str().to_owned(),
+                format!("{:.2}", r.seconds),
+                format!("{:.0}", r.peak_rss_mb),
+                r.exit.clone(),
+                r.message.clone(),
+            ];
+            writer
+                .write_record(&row)
+                .map_err(|e| PipelineError::Output {
+                    path: path.to_owned(),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        let bytes = writer.into_inner().map_err(|e| PipelineError::Output {
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    atomic::write_bytes(path, text.as_bytes()).map_err(|source| PipelineError::Output {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(modalities: &str) -> Config {
+        Config::load(None, &[format!("dataset.modalities={modalities}")]).unwrap()
+    }
+
+    #[test]
+    fn stages_follow_the_modalities() {
+        let names = |c: &Config| stages(c).iter().map(|s| s.name()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&config("[wsi, genomics]")),
+            ["tile", "features", "genomics", "fit", "report"]
+        );
+        assert_eq!(
+            names(&config("[wsi, mri]")),
+            ["tile", "features", "mri", "fit", "report"]
+        );
+        assert_eq!(names(&config("[genomics]")), ["genomics", "fit", "report"]);
+    }
+
+    #[test]
+    fn stage_arguments_pass_the_options_through() {
+        let overrides = ["train.epochs=2".to_owned()];
+        let options = RunOptions {
+            exe: Path::new("hdmoe-pipe"),
+            config_file: Some(Path::new("p.yaml")),
+            overrides: &overrides,
+            force: true,
+            random_weights: true,
+        };
+        let run = Path::new("runs/x");
+        assert_eq!(
+            options.args(Stage::Features, run),
+            [
+                "features",
+                "--config",
+                "p.yaml",
+                "--set",
+                "train.epochs=2",
+                "--force",
+                "--random-weights"
+            ]
+        );
+        assert_eq!(
+            options.args(Stage::Report, run)[5..],
+            [
+                "--predictions",
+                "runs/x/predictions.csv",
+                "--out",
+                "runs/x/report",
+                "--run",
+                "runs/x"
+            ]
+        );
+    }
+}
