@@ -12,7 +12,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE_BIN := $(TARGET_DIR)/release/hdmoe-pipe
 BIN := $(TARGET_DIR)/debug/hdmoe-pipe
 
-.PHONY: all setup build release test bench bench-tcga clean
+.PHONY: all setup build release test chaos bench bench-tcga clean
 
 # Idempotent: reruns only when the set-up script changes or the environment is gone.
 setup: $(STAMP)
@@ -36,6 +36,12 @@ test: setup
 	$(CARGO) test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# kill -9 every stage (tile, features, genomics, demo-mri, mri, fit, report) at random moments,
+# five times each, on the whole demo cohort, then rerun: outputs must equal an uninterrupted
+# run's. `make test` runs the same test on 6 slides with two kills per stage.
+chaos: setup
+	HDMOE_CHAOS_FULL=1 $(CARGO) test --test chaos -- --nocapture
 
 # The large 40x slide of the tile benchmark (81920 x 61440, ~0.8 GB) is generated once from the
 # real H&E tiles in ../shared/data/images; the Python packages that write it go into the venv.

@@ -14,7 +14,8 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Runs `fill` on a temporary sibling of `path`, then renames it into place. On failure the
-/// temporary file is removed and `path` is untouched.
+/// temporary file is removed and `path` is untouched. Once `path` is in place, temporary
+/// siblings that killed earlier attempts at the same file left behind are removed too.
 pub fn write_with<F>(path: &Path, fill: F) -> io::Result<()>
 where
     F: FnOnce(&Path) -> io::Result<()>,
@@ -23,8 +24,36 @@ where
     let result = fill(&temp).and_then(|()| fs::rename(&temp, path));
     if result.is_err() {
         let _ = fs::remove_file(&temp);
+    } else {
+        remove_stale_temps(path);
     }
     result
+}
+
+/// `.partial.tmp-<pid>-<name>` siblings of `path`, whatever the pid.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let suffix = format!("-{}", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let stale = file
+            .strip_prefix(".partial.tmp-")
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (flushed and synced before the rename).
@@ -53,5 +82,21 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(temp_path(&path).to_string_lossy().ends_with("table.csv"));
+    }
+
+    #[test]
+    fn a_finished_write_removes_what_killed_attempts_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.h5");
+        let stale = dir.path().join(".partial.tmp-99999999-a.h5");
+        let other = dir.path().join(".partial.tmp-99999999-b.h5");
+        fs::write(&stale, b"half").unwrap();
+        fs::write(&other, b"half").unwrap();
+        write_bytes(&path, b"whole").unwrap();
+        assert!(!stale.exists());
+        assert!(
+            other.exists(),
+            "another file's attempt is not ours to remove"
+        );
     }
 }
