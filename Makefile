@@ -12,7 +12,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE_BIN := $(TARGET_DIR)/release/hdmoe-pipe
 BIN := $(TARGET_DIR)/debug/hdmoe-pipe
 
-.PHONY: all setup build release test chaos bench bench-tcga clean
+.PHONY: all setup build release test test-slurm chaos bench bench-tcga clean
 
 # Idempotent: reruns only when the set-up script changes or the environment is gone.
 setup: $(STAMP)
@@ -36,6 +36,11 @@ test: setup
 	$(CARGO) test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# pipelines/slurm/ on a real single-node Slurm cluster started here (installs slurm-wlm and munge
+# with apt when missing): the demo as job arrays of 3 shards must equal an unsharded run.
+test-slurm: build
+	bash scripts/test_slurm.sh $(BIN)
 
 # kill -9 every stage (tile, features, genomics, demo-mri, mri, fit, report) at random moments,
 # five times each, on the whole demo cohort, then rerun: outputs must equal an uninterrupted

@@ -90,6 +90,10 @@ struct RunCmd {
     /// Pass --random-weights to the features and mri stages.
     #[arg(long)]
     random_weights: bool,
+    /// Print the run folder and the stages this configuration enables (one per line:
+    /// `run_dir <path>`, then `stage <name>`), and run nothing. Schedulers' scripts use it.
+    #[arg(long)]
+    plan: bool,
 }
 
 /// A stage that completed while some of its items failed (exit status 3).
@@ -409,6 +413,13 @@ fn run(cli: Cli) -> Result<()> {
 
 fn run_pipeline(args: &RunCmd) -> Result<()> {
     let config = args.stage.config.load()?;
+    if args.plan {
+        println!("run_dir {}", config.run_dir().display());
+        for stage in pipeline::stages(&config) {
+            println!("stage {}", stage.name());
+        }
+        return Ok(());
+    }
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let options = pipeline::RunOptions {
         exe: &exe,
