@@ -315,3 +315,32 @@ fn wsi_plus_mri_and_mri_alone_train() {
     assert_eq!(report.excluded.len(), 1);
     assert!(read(&data.dir.join("runs/excluded.csv")).contains("P007"));
 }
+
+/// A CLAM or TRIDENT `h5_files/` folder (`features` and `coords` only, none of our attributes)
+/// named as `paths.features` is used by fit directly, with no tile or features stage.
+#[test]
+fn clam_h5_files_folder_is_used_as_the_features_cache() {
+    let _one = ONE_FIT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic(&dir.path().join("clam"), 24, false, true);
+    let h5_files = dir.path().join("CLAM_output/h5_files");
+    std::fs::create_dir_all(h5_files.parent().unwrap()).unwrap();
+    std::fs::rename(data.dir.join("cache/features"), &h5_files).unwrap();
+    for entry in std::fs::read_dir(&h5_files).unwrap() {
+        let file = hdf5::File::open_rw(entry.unwrap().path()).unwrap();
+        let n = file.dataset("features").unwrap().shape()[0];
+        let coords = ndarray::Array2::<i64>::from_shape_fn((n, 2), |(i, j)| (i * 512 + j) as i64);
+        file.new_dataset_builder()
+            .with_data(&coords)
+            .create("coords")
+            .unwrap();
+    }
+    let set = format!("paths.features={}", h5_files.display());
+    let report = train::run(&data.config(&["train.epochs=1", &set]), false).unwrap();
+    assert_eq!(report.folds.len(), 2);
+    assert_eq!(report.folds.iter().map(|f| f.n_val).sum::<usize>(), 24);
+    assert!(
+        !data.dir.join("runs/excluded.csv").exists()
+            || read(&data.dir.join("runs/excluded.csv")).lines().count() <= 1
+    );
+}
