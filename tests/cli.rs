@@ -237,3 +237,32 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hdmoe-pipe"));
     }
 }
+
+#[test]
+fn every_shipped_pipeline_loads_and_plans_its_stages() {
+    for (name, stages) in [
+        ("demo", "tile features genomics fit report"),
+        ("demo_lc", "tile features mri fit report"),
+        ("blca", "tile features genomics fit report"),
+        ("brca", "tile features genomics fit report"),
+        ("luad", "tile features genomics fit report"),
+        ("lc", "tile features mri fit report"),
+        ("blca_genomics", "genomics fit report"),
+        ("brca_genomics", "genomics fit report"),
+        ("luad_genomics", "genomics fit report"),
+    ] {
+        let file = format!("pipelines/{name}.yaml");
+        let out = hdmoe(&["run", "--config", &file, "--plan"]);
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let planned: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("stage "))
+            .collect();
+        assert_eq!(planned.join(" "), stages, "{file}");
+        assert!(
+            text.starts_with(&format!("run_dir runs/{name}\n")),
+            "{file}: {text}"
+        );
+    }
+}
