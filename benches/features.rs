@@ -97,10 +97,10 @@ fn main() {
     let pixels: Vec<u8> = (0..batch * 256 * 256 * 3)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
-    let mut staging = None;
+    let mut stager = features::Stager::new(d);
     let warm = if d.is_cuda() { 3 } else { 1 };
     for _ in 0..warm {
-        let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut staging);
+        let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut stager);
     }
     // The same number of patches as end to end on a GPU; on a CPU a few batches are enough.
     let target = if d.is_cuda() {
@@ -112,7 +112,7 @@ fn main() {
     let started = Instant::now();
     let mut done = 0;
     while done < target {
-        let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut staging);
+        let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut stager);
         done += batch;
     }
     let ceiling = done as f64 / started.elapsed().as_secs_f64();

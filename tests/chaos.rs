@@ -179,7 +179,11 @@ fn canonical_csv(text: &str, manifest: bool) -> String {
     let keep: Vec<usize> = header
         .iter()
         .enumerate()
-        .filter(|(_, h)| !h.contains("seconds") && !(manifest && h.as_str() == "message"))
+        .filter(|(_, h)| {
+            let timing = h.contains("seconds");
+            let keep_or_redo_note = manifest && h.as_str() == "message";
+            !timing && !keep_or_redo_note
+        })
         .map(|(i, _)| i)
         .collect();
     rows.iter()

@@ -58,7 +58,8 @@ fn cuda_features_match_torchvision_in_fp32_and_fp16() {
         let mut encoder =
             Encoder::new(EncoderKind::Resnet50Trunc, device, Some(&weights), 1).unwrap();
         encoder.set_precision(kind);
-        let out = features::embed(&encoder, &pixels, 4, 256, kind, &mut None);
+        let mut stager = features::Stager::new(device);
+        let out = features::embed(&encoder, &pixels, 4, 256, kind, &mut stager);
         let got = Vec::<f32>::try_from(&out.reshape([-1])).unwrap();
         let err = relative_error(&got, &want);
         println!("{kind:?} on {device:?}: largest error / largest feature = {err:.2e}");

@@ -161,169 +161,229 @@ fn read_patches(
     Ok((coords, geometry, stamp))
 }
 
-/// The encoder's input on its device: u8 NHWC bytes → normalised NCHW in `kind` (channels-last
-/// strides on CUDA, contiguous on the CPU). On CUDA the bytes go through `staging`, a pinned
-/// host buffer allocated once per model thread, so the copy to the GPU is a fast DMA.
-fn to_input(
-    pixels: &[u8],
-    rows: usize,
-    size: u32,
+/// Turns batches of u8 NHWC bytes into the encoder's normalised NCHW input on its device
+/// (channels-last strides in `kind` on CUDA, contiguous fp32 on the CPU).
+///
+/// On CUDA the bytes go through one of two pinned host buffers, used in turn, so the upload is
+/// an asynchronous DMA that overlaps the previous batch's forward pass. A buffer is written
+/// again two batches later, after the features of the batch between have been fetched, which
+/// orders that fetch after the buffer's upload on the stream.
+pub struct Stager {
     device: Device,
-    kind: Kind,
-    staging: &mut Option<Tensor>,
-) -> Tensor {
-    let s = i64::from(size);
-    let shape = [rows as i64, s, s, 3];
-    assert_eq!(
-        pixels.len() as i64,
-        shape.iter().product::<i64>(),
-        "batch buffer size"
-    );
-    // SAFETY: `pixels` holds exactly `shape` contiguous u8 values and outlives `view`, which
-    // is only read below, by copies that finish before this function returns.
-    let view = unsafe {
-        Tensor::from_blob(
-            pixels.as_ptr(),
-            &shape,
-            &[3 * s * s, 3 * s, 3, 1],
-            Kind::Uint8,
-            Device::Cpu,
-        )
-    };
-    let x = if device.is_cuda() {
-        let buffer = match staging {
-            Some(buffer) if buffer.size() == shape => buffer,
-            _ => {
-                staging.insert(Tensor::empty(shape, (Kind::Uint8, Device::Cpu)).pin_memory(device))
-            }
+    buffers: [Option<Tensor>; 2],
+    next: usize,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Stager {
+    pub fn new(device: Device) -> Self {
+        let constant = |values: &[f64; 3]| {
+            Tensor::from_slice(values)
+                .view([1, 3, 1, 1])
+                .to_kind(Kind::Float)
+                .to_device(device)
         };
-        buffer.copy_(&view);
-        buffer.to_device_(device, Kind::Uint8, true, false)
-    } else {
-        view.copy()
-    };
-    let mean = Tensor::from_slice(&IMAGENET_MEAN)
-        .view([1, 3, 1, 1])
-        .to_device(device)
-        .to_kind(Kind::Float);
-    let std = Tensor::from_slice(&IMAGENET_STD)
-        .view([1, 3, 1, 1])
-        .to_device(device)
-        .to_kind(Kind::Float);
-    let x = ((x.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0) - mean) / std;
-    if device.is_cuda() {
-        x.to_kind(kind)
-    } else {
-        x.contiguous()
+        Self {
+            device,
+            buffers: [None, None],
+            next: 0,
+            mean: constant(&IMAGENET_MEAN),
+            std: constant(&IMAGENET_STD),
+        }
+    }
+
+    pub fn input(&mut self, pixels: &[u8], rows: usize, size: u32, kind: Kind) -> Tensor {
+        let s = i64::from(size);
+        let shape = [rows as i64, s, s, 3];
+        assert_eq!(
+            pixels.len() as i64,
+            shape.iter().product::<i64>(),
+            "batch buffer size"
+        );
+        // SAFETY: `pixels` holds exactly `shape` contiguous u8 values and outlives `view`,
+        // which is only read below, by copies that finish before this function returns.
+        let view = unsafe {
+            Tensor::from_blob(
+                pixels.as_ptr(),
+                &shape,
+                &[3 * s * s, 3 * s, 3, 1],
+                Kind::Uint8,
+                Device::Cpu,
+            )
+        };
+        let device = self.device;
+        let x = if device.is_cuda() {
+            let slot = &mut self.buffers[self.next];
+            self.next = 1 - self.next;
+            let buffer = match slot {
+                Some(buffer) if buffer.size() == shape => buffer,
+                _ => {
+                    slot.insert(Tensor::empty(shape, (Kind::Uint8, Device::Cpu)).pin_memory(device))
+                }
+            };
+            buffer.copy_(&view);
+            buffer.to_device_(device, Kind::Uint8, true, false)
+        } else {
+            view.copy()
+        };
+        let x = ((x.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0) - &self.mean) / &self.std;
+        if device.is_cuda() {
+            x.to_kind(kind)
+        } else {
+            x.contiguous()
+        }
     }
 }
 
-/// Features of one batch, as float32 rows on the CPU (`staging`: see [`to_input`]).
+/// Features of one batch, as float32 rows on the CPU.
 pub fn embed(
     encoder: &Encoder,
     pixels: &[u8],
     rows: usize,
     size: u32,
     kind: Kind,
-    staging: &mut Option<Tensor>,
+    stager: &mut Stager,
 ) -> Tensor {
-    let x = to_input(pixels, rows, size, encoder.device, kind, staging);
-    encoder
-        .forward_on_device(&x)
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
+    let x = stager.input(pixels, rows, size, kind);
+    fetch(&encoder.forward_on_device(&x))
+}
+
+/// Features on the device → float32 rows on the CPU (waits for the forward pass).
+fn fetch(features: &Tensor) -> Tensor {
+    features.to_device(Device::Cpu).to_kind(Kind::Float)
+}
+
+/// Puts libtorch's CPU thread count back when the stage returns (tests run stages in-process).
+struct RestoreThreads(i32);
+
+impl Drop for RestoreThreads {
+    fn drop(&mut self) {
+        tch::utils::set_num_threads(self.0);
+    }
+}
+
+/// A batch whose forward pass has been launched but whose features are not yet fetched.
+struct InFlight {
+    features: Tensor,
+    row: usize,
+    rows: usize,
 }
 
 /// Drains one job's messages into `output`; returns its timing. On any error the rest of the
 /// job's messages are still consumed, so the next job starts at its first batch.
+///
+/// One batch ahead: batch k+1 is staged and its forward pass launched before batch k's
+/// features are written to the file, so on CUDA the GPU computes while this thread receives,
+/// stages and writes (on the CPU the same steps simply run in order).
 fn consume(
     work: &Work,
     encoder: &Encoder,
     kind: Kind,
     batch_size: usize,
     receiver: &mpsc::Receiver<Message>,
+    stager: &mut Stager,
 ) -> Result<Timing, String> {
     let n = work.job.coords.len();
     let dim = encoder.kind.feature_dim() as usize;
     let size = work.job.geometry.input_size;
     let mut timing = Timing::default();
-    let mut staging = None;
     let mut ended = false;
     let mut reader_error = None;
-    let result =
-        cache::write_h5(&work.output, |file| {
-            cache::stamp(file, &work.parameters)?;
-            cache::write_str_attr(file, "software_version", crate::VERSION)?;
-            let mut coords = Array2::<i64>::zeros((n, 2));
-            for (i, c) in work.job.coords.iter().enumerate() {
-                coords[[i, 0]] = c[0];
-                coords[[i, 1]] = c[1];
-            }
-            file.new_dataset_builder()
-                .obj_track_times(false)
-                .with_data(&coords)
-                .create("coords")?;
-            let features = file
-                .new_dataset::<f32>()
-                .obj_track_times(false)
-                .shape([n, dim])
-                .create("features")?;
-            let mut row = 0;
-            loop {
-                let waited = Instant::now();
-                let message = receiver
-                    .recv()
-                    .map_err(|_| hdf5::Error::from("the reader threads stopped"))?;
-                timing.wait_s += waited.elapsed().as_secs_f64();
-                match message {
-                    Message::Batch {
-                        pixels,
+    let result = cache::write_h5(&work.output, |file| {
+        cache::stamp(file, &work.parameters)?;
+        cache::write_str_attr(file, "software_version", crate::VERSION)?;
+        let mut coords = Array2::<i64>::zeros((n, 2));
+        for (i, c) in work.job.coords.iter().enumerate() {
+            coords[[i, 0]] = c[0];
+            coords[[i, 1]] = c[1];
+        }
+        file.new_dataset_builder()
+            .obj_track_times(false)
+            .with_data(&coords)
+            .create("coords")?;
+        let features = file
+            .new_dataset::<f32>()
+            .obj_track_times(false)
+            .shape([n, dim])
+            .create("features")?;
+        let write = |batch: InFlight| -> hdf5::Result<()> {
+            let values = Vec::<f32>::try_from(&fetch(&batch.features).reshape([-1]))
+                .map_err(|e| hdf5::Error::from(format!("libtorch: {e}")))?;
+            let block = Array2::from_shape_vec((batch.rows, dim), values)
+                .map_err(|e| hdf5::Error::from(e.to_string()))?;
+            features.write_slice(&block, s![batch.row..batch.row + batch.rows, ..])
+        };
+        let mut in_flight: Option<InFlight> = None;
+        let mut row = 0;
+        loop {
+            let waited = Instant::now();
+            let message = receiver
+                .recv()
+                .map_err(|_| hdf5::Error::from("the reader threads stopped"))?;
+            timing.wait_s += waited.elapsed().as_secs_f64();
+            match message {
+                Message::Batch {
+                    mut pixels,
+                    rows,
+                    read_s,
+                    resize_s,
+                } => {
+                    let started = Instant::now();
+                    if row + rows > n {
+                        return Err(hdf5::Error::from("more patches than coordinates"));
+                    }
+                    // On CUDA a short last batch is padded to the full size: a new shape would
+                    // send cuDNN's autotuner through every layer again (about a second).
+                    let padded_rows = if encoder.device.is_cuda() && rows < batch_size {
+                        pixels.resize(batch_size * (size as usize).pow(2) * 3, 0);
+                        batch_size
+                    } else {
+                        rows
+                    };
+                    let x = stager.input(&pixels, padded_rows, size, kind);
+                    // The previous batch's features, fetched before this batch's forward
+                    // pass is queued behind them, then written while the GPU works.
+                    let previous = in_flight.take().map(|b| {
+                        let features = fetch(&b.features);
+                        InFlight { features, ..b }
+                    });
+                    let out = encoder.forward_on_device(&x).narrow(0, 0, rows as i64);
+                    in_flight = Some(InFlight {
+                        features: out,
+                        row,
                         rows,
-                        read_s,
-                        resize_s,
-                    } => {
-                        let started = Instant::now();
-                        // On CUDA a short last batch is padded to the full size: a new shape would
-                        // send cuDNN's autotuner through every layer again (about a second).
-                        let out =
-                            if encoder.device.is_cuda() && rows < batch_size {
-                                let mut padded = pixels;
-                                padded.resize(batch_size * (size as usize).pow(2) * 3, 0);
-                                embed(encoder, &padded, batch_size, size, kind, &mut staging)
-                                    .narrow(0, 0, rows as i64)
-                            } else {
-                                embed(encoder, &pixels, rows, size, kind, &mut staging)
-                            };
-                        let values = Vec::<f32>::try_from(&out.reshape([-1]))
-                            .map_err(|e| hdf5::Error::from(format!("libtorch: {e}")))?;
-                        timing.model_s += started.elapsed().as_secs_f64();
-                        timing.read_s += read_s;
-                        timing.resize_s += resize_s;
-                        let block = Array2::from_shape_vec((rows, dim), values)
-                            .map_err(|e| hdf5::Error::from(e.to_string()))?;
-                        if row + rows > n {
-                            return Err(hdf5::Error::from("more patches than coordinates"));
-                        }
-                        features.write_slice(&block, s![row..row + rows, ..])?;
-                        row += rows;
+                    });
+                    if let Some(b) = previous {
+                        write(b)?;
                     }
-                    Message::End => {
-                        ended = true;
-                        break;
-                    }
-                    Message::Failed(message) => {
-                        ended = true;
-                        reader_error = Some(message.clone());
-                        return Err(hdf5::Error::from(message));
-                    }
+                    row += rows;
+                    timing.model_s += started.elapsed().as_secs_f64();
+                    timing.read_s += read_s;
+                    timing.resize_s += resize_s;
+                }
+                Message::End => {
+                    ended = true;
+                    break;
+                }
+                Message::Failed(message) => {
+                    ended = true;
+                    reader_error = Some(message.clone());
+                    return Err(hdf5::Error::from(message));
                 }
             }
-            if row != n {
-                return Err(hdf5::Error::from(format!("{row} of {n} patches encoded")));
-            }
-            timing.patches = n;
-            Ok(())
-        });
+        }
+        if let Some(b) = in_flight.take() {
+            let started = Instant::now();
+            write(b)?;
+            timing.model_s += started.elapsed().as_secs_f64();
+        }
+        if row != n {
+            return Err(hdf5::Error::from(format!("{row} of {n} patches encoded")));
+        }
+        timing.patches = n;
+        Ok(())
+    });
     while !ended {
         match receiver.recv() {
             Ok(Message::End | Message::Failed(_)) | Err(_) => ended = true,
@@ -373,9 +433,17 @@ pub fn run(
         encoder.set_precision(kind);
         encoders.push(encoder);
     }
-    if devices.iter().any(|d| d.is_cuda()) {
+    let all_cuda = devices.iter().all(|d| d.is_cuda());
+    if all_cuda {
         tch::Cuda::cudnn_set_benchmark(true);
     }
+    // On GPUs libtorch's CPU work is one copy per batch; its OpenMP pool (one spinning thread
+    // per core) would only take cores from the reader threads.
+    let torch_threads = tch::utils::get_num_threads();
+    if all_cuda {
+        tch::utils::set_num_threads(1);
+    }
+    let _restore = RestoreThreads(torch_threads);
     let cache_dir = config.cache_dir();
     let patches_dir = cache_dir.join("patches");
     let out_dir = config
@@ -494,9 +562,11 @@ pub fn run(
                     std::thread::scope(|inner| {
                         let fast = options.fast_jpeg;
                         inner.spawn(move || pipeline::produce(jobs, batch, fast, pool, sender));
+                        let mut stager = Stager::new(encoder.device);
                         for work in &share {
                             let started = Instant::now();
-                            let outcome = consume(work, &encoder, kind, batch, &receiver);
+                            let outcome =
+                                consume(work, &encoder, kind, batch, &receiver, &mut stager);
                             let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
                             match &outcome {
                                 Ok(t) => m.record(
