@@ -74,4 +74,4 @@ bench-tcga: build
 	  scripts/bench_tcga.sh $(BIN) ../shared/data/tcga $$job $(EPOCHS); done
 
 clean:
-	rm -rf target runs cache
+	rm -rf target runs cache data/demo_lc

@@ -349,35 +349,42 @@ fn a_full_or_read_only_output_folder_is_a_clear_error_and_nothing_is_half_writte
     let cohort = common::fixture("tcga/blca_sig_24cases.csv");
     let splits = common::fixture("demo/splits");
     let cache = dir.path().join("cache");
-    // Full: 64 KiB cannot hold genomics.h5 (every gene column of 24 patients).
-    let Some(_full) = Mount::tmpfs(&cache, "size=64k") else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root)");
-        return;
-    };
     let config = genomics_config(dir.path(), &cohort, &splits, "");
-    let out = hdmoe(&["genomics", "--config", config.to_str().unwrap()]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("genomics.h5"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        left.iter().all(|f| !f.contains("genomics.h5")),
-        "half-written output left: {left:?}"
-    );
-    drop(_full);
+    let genomics = || hdmoe(&["genomics", "--config", config.to_str().unwrap()]);
 
-    // Read-only: the slides' outputs cannot be created.
-    let Some(_ro) = Mount::tmpfs(&cache, "ro,size=64k") else {
-        return;
-    };
-    let out = hdmoe(&["genomics", "--config", config.to_str().unwrap()]);
+    // Full: 64 KiB cannot hold genomics.h5 (every gene column of 24 patients).
+    if let Some(full) = Mount::tmpfs(&cache, "size=64k") {
+        let out = genomics();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("genomics.h5"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            left.iter().all(|f| !f.contains("genomics.h5")),
+            "half-written output left: {left:?}"
+        );
+        drop(full);
+    } else {
+        eprintln!("full-disk case skipped: cannot mount a tmpfs here (needs root)");
+    }
+
+    // Read-only: a read-only mount as root (permissions do not stop root), else chmod.
+    let read_only = Mount::tmpfs(&cache, "ro,size=64k");
+    if read_only.is_none() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let out = genomics();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&cache.display().to_string()) && err.contains("Read-only"),
+        err.contains(&cache.display().to_string())
+            && (err.contains("Read-only") || err.contains("Permission denied")),
         "{err}"
     );
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
 }
