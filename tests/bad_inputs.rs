@@ -143,7 +143,22 @@ fn bad_slides_fail_alone_and_the_run_completes_with_a_summary() {
     let stages = std::fs::read_to_string(runs.join("stages.csv")).unwrap();
     assert!(stages.contains("tile,some items failed"), "{stages}");
     assert!(stages.contains("fit,ok"), "{stages}");
-    assert!(runs.join("report/report.html").is_file());
+    // The rest of the run's account: versions, stage times, routing, the configuration; and
+    // the HTML page carries the same, with the plot inside it.
+    for section in [
+        "| openslide | ",
+        "| hdf5 | ",
+        "### Stages",
+        "### Expert routing",
+        "| level2_fusion | ",
+        "### Configuration",
+        "name: badslides",
+    ] {
+        assert!(report.contains(section), "`{section}` missing from report.md");
+    }
+    let html = std::fs::read_to_string(runs.join("report/report.html")).unwrap();
+    assert!(html.contains("<h3>Failures</h3>") && html.contains("<td>corrupt</td>"));
+    assert!(html.contains("src=\"data:image/png;base64,"));
 }
 
 /// Rewrites the demo cohort table with `edit` applied to its lines (header = line 1).
