@@ -154,7 +154,10 @@ fn bad_slides_fail_alone_and_the_run_completes_with_a_summary() {
         "### Configuration",
         "name: badslides",
     ] {
-        assert!(report.contains(section), "`{section}` missing from report.md");
+        assert!(
+            report.contains(section),
+            "`{section}` missing from report.md"
+        );
     }
     let html = std::fs::read_to_string(runs.join("report/report.html")).unwrap();
     assert!(html.contains("<h3>Failures</h3>") && html.contains("<td>corrupt</td>"));
