@@ -234,6 +234,10 @@ fn killed_stages_rerun_to_identical_outputs() {
         }
         run_to_end(args);
     }
+    println!(
+        "{interrupted} of {} kills landed while a stage ran",
+        kills * durations.len()
+    );
     assert!(
         interrupted >= kills * 3,
         "only {interrupted} kills landed while a stage ran"
