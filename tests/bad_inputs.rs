@@ -113,6 +113,12 @@ fn bad_slides_fail_alone_and_the_run_completes_with_a_summary() {
             assert!(message.contains(w), "{id}: `{w}` not in: {message}");
         }
     }
+    // Already on the biopsy preset: the hint does not suggest it again.
+    assert!(
+        !row("blank").2.contains("tile.preset: biopsy"),
+        "{}",
+        row("blank").2
+    );
     // Every good slide was tiled and encoded; no partial file anywhere.
     let done = tile.iter().filter(|r| r.1 == "done").count();
     assert_eq!(done, 27);

@@ -343,8 +343,14 @@ fn process_slide(
         } else {
             "tissue found, but no patch position passed the contour rule"
         };
+        // The biopsy preset only helps where its area filter (a_t 1) is the smaller one.
+        let biopsy = if a.params.a_t > 1.0 {
+            "tile.preset: biopsy, "
+        } else {
+            ""
+        };
         return Err(SlideFailure::NoTissue(format!(
-            "{}: no tissue: {why} (threshold {}, a_t {} blocks of 512x512 level-0 px); look at {}, then try tile.preset: biopsy, a smaller tile.a_t, or a finer tile.seg_downsample",
+            "{}: no tissue: {why} (threshold {}, a_t {} blocks of 512x512 level-0 px); look at {}, then try {biopsy}a smaller tile.a_t, or a finer tile.seg_downsample",
             entry.path.display(),
             a.tissue.threshold,
             a.params.a_t,
