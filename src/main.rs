@@ -265,12 +265,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Features(args) => {
             let config = args.stage.config.load()?;
-            let result = features::run(
-                &config,
-                args.stage.force,
-                args.random_weights || config.features.random_weights,
-                args.shard,
-            )?;
+            let result = features::run(&config, args.stage.force, args.random_weights, args.shard)?;
             let t = &result.timing;
             println!(
                 "features: {} slides encoded ({} patches, {:.1} patches/s on {}), {} kept (same parameters), {} failed; manifest {}",
@@ -318,12 +313,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Mri(args) => {
             let config = args.stage.config.load()?;
-            let result = mri::run(
-                &config,
-                args.stage.force,
-                args.random_weights || config.mri.random_weights,
-                args.shard,
-            )?;
+            let result = mri::run(&config, args.stage.force, args.random_weights, args.shard)?;
             println!(
                 "mri: {} cases encoded, {} kept (same parameters), {} failed; manifest {}",
                 result.done,

@@ -284,37 +284,36 @@ fn wait_with_rusage(pid: u32) -> (ChildStatus, f64) {
 }
 
 fn write_stages(path: &Path, records: &[StageRecord]) -> Result<(), PipelineError> {
-    let mut text = String::from("stage,outcome,seconds,peak_rss_mb,exit,message\n");
-    {
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(Vec::new());
-        for r in records {
-            let row = [
-                r.stage.name().to_owned(),
-                r.outcome.as_str().to_owned(),
-                format!("{:.2}", r.seconds),
-                format!("{:.0}", r.peak_rss_mb),
-                r.exit.clone(),
-                r.message.clone(),
-            ];
-            writer
-                .write_record(&row)
-                .map_err(|e| PipelineError::Output {
-                    path: path.to_owned(),
-                    source: std::io::Error::other(e),
-                })?;
-        }
-        let bytes = writer.into_inner().map_err(|e| PipelineError::Output {
-            path: path.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        text.push_str(&String::from_utf8_lossy(&bytes));
-    }
-    atomic::write_bytes(path, text.as_bytes()).map_err(|source| PipelineError::Output {
+    let output = |source: std::io::Error| PipelineError::Output {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "stage",
+        "outcome",
+        "seconds",
+        "peak_rss_mb",
+        "exit",
+        "message",
+    ];
+    writer.write_record(header).map_err(|e| output(e.into()))?;
+    for r in records {
+        writer
+            .write_record([
+                r.stage.name(),
+                r.outcome.as_str(),
+                &format!("{:.2}", r.seconds),
+                &format!("{:.0}", r.peak_rss_mb),
+                &r.exit,
+                &r.message,
+            ])
+            .map_err(|e| output(e.into()))?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| output(std::io::Error::other(e.to_string())))?;
+    atomic::write_bytes(path, &bytes).map_err(output)
 }
 
 #[cfg(test)]

@@ -411,6 +411,7 @@ pub fn run(
         .as_deref()
         .ok_or(FeaturesError::NoSlides)?;
     let entries = list::list(source)?;
+    let random_weights = random_weights || options.random_weights;
     if options.weights.is_none() && !random_weights {
         return Err(EncodeError::NoWeights {
             key: "features.weights",

@@ -290,6 +290,7 @@ pub fn run(
     let options = &config.mri;
     let root = config.paths.mri.as_deref().ok_or(MriError::NoRoot)?;
     let cases = list_cases(root)?;
+    let random_weights = random_weights || options.random_weights;
     if options.weights.is_none() && !random_weights {
         return Err(EncodeError::NoWeights { key: "mri.weights" }.into());
     }
