@@ -160,6 +160,40 @@ fn a_planted_genomic_signal_is_learnt_and_shuffled_labels_are_not() {
     assert!(mean_last(&report) > 0.65, "SNN: {}", mean_last(&report));
 }
 
+#[test]
+fn folds_trained_in_separate_runs_equal_one_run_over_all_folds() {
+    let _one = ONE_FIT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic(&dir.path().join("separate"), 40, false, false);
+    let runs = data.dir.join("runs");
+    let together = data.dir.join("together");
+    let epochs = "train.epochs=2";
+    // Each fold on its own (as a Slurm array over folds would), then one run over both.
+    for fold in ["train.folds=[1]", "train.folds=[0]"] {
+        train::run(&data.config(&[epochs, fold]), false).unwrap();
+    }
+    let fold_1 = read(&runs.join("fold_1/val_predictions.csv"));
+    let trained_at = std::fs::metadata(runs.join("fold_1/history.csv"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    let collected = train::run(&data.config(&[epochs]), false).unwrap();
+    assert_eq!(collected.folds.len(), 2);
+    assert_eq!(
+        std::fs::metadata(runs.join("fold_1/history.csv"))
+            .and_then(|m| m.modified())
+            .unwrap(),
+        trained_at,
+        "the separately trained fold is kept, not retrained"
+    );
+    let whole = format!("paths.runs={}", together.display());
+    train::run(&data.config(&[epochs, &whole]), false).unwrap();
+    assert_eq!(read(&together.join("fold_1/val_predictions.csv")), fold_1);
+    assert_eq!(
+        read(&together.join("predictions.csv")),
+        read(&runs.join("predictions.csv"))
+    );
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -120,8 +120,13 @@ fn model_spec(config: &Config, data: &Dataset) -> Result<ModelSpec, FitError> {
 
 /// What a fold's files must have been made with to be resumed or kept.
 fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> String {
+    // A fold's training does not depend on which other folds are listed (each is seeded by its
+    // own index), so folds trained in separate processes (`train.folds=[k]`, a Slurm array)
+    // are kept by a later run over all of them.
+    let mut train = config.train.clone();
+    train.folds.clear();
     let sections =
-        serde_yaml::to_string(&(&config.dataset, &config.model, &config.train)).unwrap_or_default();
+        serde_yaml::to_string(&(&config.dataset, &config.model, &train)).unwrap_or_default();
     let train: Vec<&str> = split
         .train
         .iter()
