@@ -316,3 +316,27 @@ fn a_slide_list_gives_mpp_and_segmentation_per_slide() {
     let source = hdmoe_pipe::cache::read_str_attr(&file, "mpp_source").unwrap();
     assert_eq!(source, "slide list");
 }
+
+#[test]
+fn turbojpeg_decodes_whole_levels_exactly_as_openslide() {
+    // Aperio RGB-photometric tiles (the CMU slide: 240 px tiles, edge tiles cut at 2220 x 2967)
+    // and YCbCr pyramids (256 px tiles, levels whose edges cut tiles).
+    for (name, levels) in [
+        ("cmu_small_region.svs", 1u32),
+        ("aperio40x.svs", 3),
+        ("nompp.tif", 1),
+    ] {
+        let path = fixture(&format!("slides/{name}"));
+        let slide = Slide::open(&path).expect("open");
+        assert_eq!(slide.level_count(), levels, "{name}");
+        for level in 0..levels {
+            let (w, h) = slide.dimensions(level);
+            let fast = slide::jpeg_tiles::decode_level(&path, &slide, level)
+                .unwrap_or_else(|| panic!("{name} level {level}: fast path declined"));
+            let openslide = slide
+                .read_rgb_bytes(0, 0, level, w as u32, h as u32)
+                .expect("OpenSlide read");
+            assert!(fast == openslide, "{name} level {level}: pixels differ");
+        }
+    }
+}

@@ -1,16 +1,19 @@
-//! A fast path for the common case of feature extraction: a JPEG-tiled TIFF level (Aperio .svs,
-//! generic tiled TIFF) read at a whole fraction of its resolution (a 40x slide's 512 px patch
-//! seen at 256 px). Each tile is decoded once per reader at 1/2, 1/4 or 1/8 scale by libjpeg's
-//! DCT scaling (TurboJPEG), several times cheaper than decoding it whole through OpenSlide and
-//! resizing. [`JpegTiles::open`] checks the decoded pixels against OpenSlide on a real tile and
-//! declines the slide when they disagree, so anything unusual goes the OpenSlide way.
+//! TurboJPEG fast paths for JPEG-tiled TIFF levels (Aperio .svs, generic tiled TIFF):
+//! - [`decode_level`]: a whole level at full resolution, tiles decoded in parallel straight into
+//!   place, for the tissue mask (several times faster than OpenSlide's single-threaded read).
+//! - [`JpegTiles`]: feature extraction's common case, a level read at a whole fraction of its
+//!   resolution (a 40x slide's 512 px patch seen at 256 px). Each tile is decoded once per reader
+//!   at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, several times cheaper than decoding it
+//!   whole through OpenSlide and resizing.
+//!
+//! Both compare decoded tiles with OpenSlide's pixels first and decline the slide when they
+//! disagree, so anything unusual goes the OpenSlide way.
 //!
 //! TurboJPEG's C API is declared here by hand: the `turbojpeg` crate needs TurboJPEG 3, and
 //! Debian 12 ships 2.1.5 (`libturbojpeg0-dev`); these five functions are stable since 1.2.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::raw::{c_char, c_int, c_ulong, c_void};
 use std::path::Path;
 
@@ -74,8 +77,8 @@ impl Turbo {
         }
     }
 
-    /// Decodes `jpeg` to RGB at 1/`scale` of its size; returns (pixels, width, height).
-    fn decode(&self, jpeg: &[u8], scale: u32) -> Result<(Vec<u8>, usize, usize), String> {
+    /// The image size `jpeg`'s header declares.
+    fn size(&self, jpeg: &[u8]) -> Result<(usize, usize), String> {
         let (mut w, mut h, mut sub, mut cs) = (0, 0, 0, 0);
         // SAFETY: the buffer pointer and length describe `jpeg`; the out-pointers are locals.
         let rc = unsafe {
@@ -89,23 +92,57 @@ impl Turbo {
                 &mut cs,
             )
         };
-        if rc != 0 {
+        if rc != 0 || w <= 0 || h <= 0 {
             return Err(self.error());
         }
-        let s = scale as c_int;
-        let (sw, sh) = ((w + s - 1) / s, (h + s - 1) / s);
-        let mut out = vec![0u8; (sw * sh * 3) as usize];
-        // SAFETY: `out` holds sw x sh RGB pixels with pitch sw * 3, the size TurboJPEG writes
-        // when asked for that scaled size.
+        Ok((w as usize, h as usize))
+    }
+
+    /// Decodes `jpeg` to RGB at 1/`scale` of its size; returns (pixels, width, height).
+    fn decode(&self, jpeg: &[u8], scale: u32) -> Result<(Vec<u8>, usize, usize), String> {
+        let (w, h) = self.size(jpeg)?;
+        let s = scale as usize;
+        let (sw, sh) = (w.div_ceil(s), h.div_ceil(s));
+        let mut out = vec![0u8; sw * sh * 3];
+        self.decode_into(jpeg, &mut out, sw, sh, sw * 3)?;
+        Ok((out, sw, sh))
+    }
+
+    /// Decodes `jpeg` scaled to `width` x `height` (its size or a DCT scaling of it) into
+    /// `dst`, rows `pitch` bytes apart.
+    fn decode_into(
+        &self,
+        jpeg: &[u8],
+        dst: &mut [u8],
+        width: usize,
+        height: usize,
+        pitch: usize,
+    ) -> Result<(), String> {
+        let (w, h) = self.size(jpeg)?;
+        // TurboJPEG writes the scaled size nearest to the one asked for; only these are exact.
+        let exact = [1, 2, 4, 8]
+            .iter()
+            .any(|&s| w.div_ceil(s) == width && h.div_ceil(s) == height);
+        if !exact
+            || height == 0
+            || pitch < width * 3
+            || dst.len() < (height - 1) * pitch + width * 3
+        {
+            return Err(format!(
+                "a {w}x{h} JPEG does not fit a {width}x{height} destination"
+            ));
+        }
+        // SAFETY: `dst` holds `height` rows of `width` RGB pixels `pitch` bytes apart (checked
+        // above), the size TurboJPEG writes for this exact scaled size.
         let rc = unsafe {
             tjDecompress2(
                 self.0,
                 jpeg.as_ptr(),
                 jpeg.len() as c_ulong,
-                out.as_mut_ptr(),
-                sw,
-                sw * 3,
-                sh,
+                dst.as_mut_ptr(),
+                width as c_int,
+                pitch as c_int,
+                height as c_int,
                 TJPF_RGB,
                 0,
             )
@@ -113,7 +150,7 @@ impl Turbo {
         if rc != 0 {
             return Err(self.error());
         }
-        Ok((out, sw as usize, sh as usize))
+        Ok(())
     }
 }
 
@@ -129,10 +166,8 @@ impl Drop for Turbo {
 // SAFETY: a TurboJPEG handle may move between threads; it is never shared (no Sync).
 unsafe impl Send for Turbo {}
 
-/// One JPEG-tiled level of a TIFF file, read tile by tile with a small cache of decoded tiles.
-pub struct JpegTiles {
-    file: File,
-    turbo: Turbo,
+/// Where one JPEG-tiled level of a TIFF file keeps its tiles.
+struct Level {
     tile_w: u32,
     tile_h: u32,
     across: u32,
@@ -141,19 +176,21 @@ pub struct JpegTiles {
     offsets: Vec<u64>,
     counts: Vec<u64>,
     tables: Vec<u8>,
-    scale: u32,
-    cache: HashMap<usize, Vec<u8>>,
-    order: VecDeque<usize>,
+    /// Photometric RGB: the JPEG streams hold R, G, B without a colour transform (Aperio's
+    /// usual choice), which OpenSlide tells libjpeg; TurboJPEG learns it from an Adobe marker.
+    rgb: bool,
 }
 
-impl JpegTiles {
-    /// The fast path for `slide`'s level of `width` x `height` read at 1/`scale`, or None when
-    /// the file is not a JPEG-tiled TIFF with such a level, the tiles do not divide by the scale,
-    /// or a decoded tile differs from OpenSlide's pixels.
-    pub fn open(path: &Path, slide: &Slide, level: u32, scale: u32) -> Option<Self> {
-        if ![2, 4, 8].contains(&scale) {
-            return None;
-        }
+/// An Adobe APP14 segment with transform 0: the components are RGB, not YCbCr.
+const ADOBE_RGB: [u8; 16] = [
+    0xFF, 0xEE, 0x00, 0x0E, b'A', b'd', b'o', b'b', b'e', 0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00,
+];
+const PHOTOMETRIC_RGB: u32 = 2;
+
+impl Level {
+    /// `slide`'s level of its `level`'s size in the TIFF file, when it is JPEG-tiled with tiles
+    /// that divide by 8 x `scale`.
+    fn find(path: &Path, slide: &Slide, level: u32, scale: u32) -> Option<Self> {
         let (width, height) = slide.dimensions(level);
         let mut decoder = Decoder::new(std::io::BufReader::new(File::open(path).ok()?)).ok()?;
         loop {
@@ -181,15 +218,14 @@ impl JpegTiles {
             Some(value) => value.into_u8_vec().ok()?,
             None => Vec::new(),
         };
+        let rgb = decoder.get_tag_u32(Tag::PhotometricInterpretation).ok() == Some(PHOTOMETRIC_RGB);
         let across = (width as u32).div_ceil(tile_w);
         if offsets.len() != counts.len()
             || offsets.len() < (across * (height as u32).div_ceil(tile_h)) as usize
         {
             return None;
         }
-        let mut tiles = Self {
-            file: File::open(path).ok()?,
-            turbo: Turbo::new()?,
+        Some(Self {
             tile_w,
             tile_h,
             across,
@@ -198,28 +234,50 @@ impl JpegTiles {
             offsets,
             counts,
             tables,
-            scale,
-            cache: HashMap::new(),
-            order: VecDeque::new(),
-        };
-        tiles.agrees_with(slide, level).then_some(tiles)
+            rgb,
+        })
     }
 
-    /// Compares one full-resolution tile decoded here with OpenSlide's pixels (mean absolute
-    /// difference under 1 level): catches colour-space or layout surprises.
-    fn agrees_with(&mut self, slide: &Slide, level: u32) -> bool {
-        let index = (self.offsets.len() / 2).min(self.offsets.len().saturating_sub(1));
+    /// Tile `index`'s JPEG stream, with the level's shared tables spliced in front; empty for
+    /// a tile the file leaves out (OpenSlide draws it transparent).
+    fn tile_bytes(&self, file: &File, index: usize) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        let (offset, count) = (self.offsets[index], self.counts[index] as usize);
+        let mut data = vec![0u8; count];
+        file.read_exact_at(&mut data, offset)
+            .map_err(|e| format!("tile {index} at byte {offset}: {e}"))?;
+        if data.len() < 2 {
+            return Ok(data);
+        }
+        // SOI, [Adobe RGB marker], [the level's tables without their SOI and EOI], the tile
+        // without its SOI.
+        let mut joined = Vec::with_capacity(data.len() + self.tables.len() + ADOBE_RGB.len());
+        joined.extend_from_slice(&data[..2]);
+        if self.rgb {
+            joined.extend_from_slice(&ADOBE_RGB);
+        }
+        if self.tables.len() > 4 {
+            joined.extend_from_slice(&self.tables[2..self.tables.len() - 2]);
+        }
+        joined.extend_from_slice(&data[2..]);
+        Ok(joined)
+    }
+
+    /// Sum of absolute differences between tile `index` decoded whole here and OpenSlide's
+    /// pixels of the same area, and the number of values compared; None when either fails.
+    fn difference_from_openslide(
+        &self,
+        file: &File,
+        turbo: &Turbo,
+        slide: &Slide,
+        level: u32,
+        index: usize,
+    ) -> Option<(u64, u64)> {
         let (tx, ty) = ((index as u32 % self.across), (index as u32 / self.across));
-        let Ok(jpeg) = self.tile_bytes(index) else {
-            return false;
-        };
-        let Ok((mine, w, h)) = self.turbo.decode(&jpeg, 1) else {
-            return false;
-        };
-        let (w, h) = (
-            w.min((self.width - u64::from(tx * self.tile_w)) as usize),
-            h.min((self.height - u64::from(ty * self.tile_h)) as usize),
-        );
+        let jpeg = self.tile_bytes(file, index).ok()?;
+        let (mine, _, _) = turbo.decode(&jpeg, 1).ok()?;
+        let w = (self.width - u64::from(tx * self.tile_w)).min(u64::from(self.tile_w)) as usize;
+        let h = (self.height - u64::from(ty * self.tile_h)).min(u64::from(self.tile_h)) as usize;
         let downsample = slide
             .downsamples()
             .get(level as usize)
@@ -227,42 +285,63 @@ impl JpegTiles {
             .unwrap_or(1.0);
         let x0 = (f64::from(tx * self.tile_w) * downsample).round() as i64;
         let y0 = (f64::from(ty * self.tile_h) * downsample).round() as i64;
-        let Ok(theirs) = slide.read_rgb_bytes(x0, y0, level, w as u32, h as u32) else {
-            return false;
-        };
+        let theirs = slide
+            .read_rgb_bytes(x0, y0, level, w as u32, h as u32)
+            .ok()?;
         let stride = self.tile_w as usize * 3;
         let mut total = 0u64;
         for row in 0..h {
-            for i in 0..w * 3 {
-                let a = mine[row * stride + i];
-                let b = theirs[row * w * 3 + i];
-                total += u64::from(a.abs_diff(b));
-            }
+            let a = mine.get(row * stride..row * stride + w * 3)?;
+            let b = &theirs[row * w * 3..(row + 1) * w * 3];
+            total += a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| u64::from(a.abs_diff(*b)))
+                .sum::<u64>();
         }
-        (total as f64 / (w * h * 3) as f64) < 1.0
+        Some((total, (w * h * 3) as u64))
     }
+}
 
-    /// A tile's JPEG stream, with the level's shared tables spliced in front.
-    fn tile_bytes(&mut self, index: usize) -> Result<Vec<u8>, String> {
-        let (offset, count) = (self.offsets[index], self.counts[index] as usize);
-        let mut data = vec![0u8; count];
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.read_exact(&mut data))
-            .map_err(|e| format!("tile {index} at byte {offset}: {e}"))?;
-        if self.tables.len() > 4 && data.len() > 2 {
-            // tables: SOI ... EOI; tile: SOI ... EOI → SOI tables... tile-without-SOI.
-            let mut joined = self.tables[..self.tables.len() - 2].to_vec();
-            joined.extend_from_slice(&data[2..]);
-            return Ok(joined);
+/// One JPEG-tiled level of a TIFF file, read tile by tile with a small cache of decoded tiles.
+pub struct JpegTiles {
+    file: File,
+    turbo: Turbo,
+    level: Level,
+    scale: u32,
+    cache: HashMap<usize, Vec<u8>>,
+    order: VecDeque<usize>,
+}
+
+impl JpegTiles {
+    /// The fast path for `slide`'s level of `width` x `height` read at 1/`scale`, or None when
+    /// the file is not a JPEG-tiled TIFF with such a level, the tiles do not divide by the scale,
+    /// or a decoded tile differs from OpenSlide's pixels.
+    pub fn open(path: &Path, slide: &Slide, level: u32, scale: u32) -> Option<Self> {
+        if ![2, 4, 8].contains(&scale) {
+            return None;
         }
-        Ok(data)
+        let found = Level::find(path, slide, level, scale)?;
+        let file = File::open(path).ok()?;
+        let turbo = Turbo::new()?;
+        // A tile in the middle: catches colour-space or layout surprises (mean difference
+        // under one level: the patches are resized afterwards anyway).
+        let middle = found.offsets.len() / 2;
+        let (diff, n) = found.difference_from_openslide(&file, &turbo, slide, level, middle)?;
+        ((diff as f64) < n as f64).then_some(Self {
+            file,
+            turbo,
+            level: found,
+            scale,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+        })
     }
 
     /// The decoded tile at 1/scale, from the cache when there.
     fn tile(&mut self, index: usize) -> Result<&[u8], String> {
         if !self.cache.contains_key(&index) {
-            let jpeg = self.tile_bytes(index)?;
+            let jpeg = self.level.tile_bytes(&self.file, index)?;
             let (pixels, _, _) = self.turbo.decode(&jpeg, self.scale)?;
             if self.order.len() >= CACHE_TILES {
                 if let Some(old) = self.order.pop_front() {
@@ -290,17 +369,17 @@ impl JpegTiles {
         for _ in 0..out_side * out_side {
             out.extend_from_slice(&background);
         }
-        let (tw, th) = (i64::from(self.tile_w), i64::from(self.tile_h));
+        let (tw, th) = (i64::from(self.level.tile_w), i64::from(self.level.tile_h));
         let (stw, sth) = (tw / s, th / s);
-        let x_end = (x + i64::from(size)).min(self.width as i64);
-        let y_end = (y + i64::from(size)).min(self.height as i64);
+        let x_end = (x + i64::from(size)).min(self.level.width as i64);
+        let y_end = (y + i64::from(size)).min(self.level.height as i64);
         let (x0, y0) = (x.max(0), y.max(0));
         if x0 >= x_end || y0 >= y_end {
             return Ok(out);
         }
         for ty in y0 / th..=(y_end - 1) / th {
             for tx in x0 / tw..=(x_end - 1) / tw {
-                let index = (ty * i64::from(self.across) + tx) as usize;
+                let index = (ty * i64::from(self.level.across) + tx) as usize;
                 let tile = self.tile(index)?;
                 // Overlap of this tile with the region, in scaled pixels.
                 let (ax, bx) = ((tx * tw).max(x0), ((tx + 1) * tw).min(x_end));
@@ -323,4 +402,78 @@ impl JpegTiles {
     pub fn scale(&self) -> u32 {
         self.scale
     }
+}
+
+/// A whole JPEG-tiled level of `slide` at full resolution, as RGB rows of the level's width:
+/// tiles decoded by TurboJPEG straight into place, bands of tile rows in parallel. OpenSlide
+/// decodes the same JPEG streams with the same libjpeg settings, so the pixels are identical;
+/// tiles from the first, middle and last rows are compared with OpenSlide's byte for byte, and
+/// any difference, unusual layout or decoding error returns None (read it through OpenSlide).
+pub fn decode_level(path: &Path, slide: &Slide, level: u32) -> Option<Vec<u8>> {
+    use rayon::prelude::*;
+    let found = Level::find(path, slide, level, 1)?;
+    let file = File::open(path).ok()?;
+    let turbo = Turbo::new()?;
+    let n = (found.across * (found.height as u32).div_ceil(found.tile_h)) as usize;
+    if n == 0 {
+        return None;
+    }
+    for index in [0, n / 2, n - 1] {
+        if found.counts[index] > 0
+            && found
+                .difference_from_openslide(&file, &turbo, slide, level, index)?
+                .0
+                != 0
+        {
+            return None;
+        }
+    }
+    let background = slide.background();
+    let (width, tile_w, tile_h) = (
+        found.width as usize,
+        found.tile_w as usize,
+        found.tile_h as usize,
+    );
+    let pitch = width * 3;
+    let mut pixels = vec![0u8; width * found.height as usize * 3];
+    pixels
+        .par_chunks_mut(tile_h * pitch)
+        .enumerate()
+        .try_for_each_init(Turbo::new, |turbo, (ty, band)| -> Result<(), String> {
+            let turbo = turbo.as_ref().ok_or("no TurboJPEG handle")?;
+            let rows = band.len() / pitch;
+            let mut partial = Vec::new();
+            for tx in 0..found.across as usize {
+                let index = ty * found.across as usize + tx;
+                let x0 = tx * tile_w;
+                let cols = tile_w.min(width - x0);
+                if found.counts[index] == 0 {
+                    for row in band.chunks_mut(pitch) {
+                        for px in row[x0 * 3..(x0 + cols) * 3].chunks_mut(3) {
+                            px.copy_from_slice(&background);
+                        }
+                    }
+                    continue;
+                }
+                let jpeg = found.tile_bytes(&file, index)?;
+                if turbo.size(&jpeg)? != (tile_w, tile_h) {
+                    return Err(format!("tile {index} is not {tile_w}x{tile_h}"));
+                }
+                if cols == tile_w && rows == tile_h {
+                    turbo.decode_into(&jpeg, &mut band[x0 * 3..], tile_w, tile_h, pitch)?;
+                } else {
+                    // An edge tile: decode whole, keep the part inside the level.
+                    partial.resize(tile_w * tile_h * 3, 0);
+                    turbo.decode_into(&jpeg, &mut partial, tile_w, tile_h, tile_w * 3)?;
+                    for (r, row) in band.chunks_mut(pitch).enumerate() {
+                        row[x0 * 3..(x0 + cols) * 3]
+                            .copy_from_slice(&partial[r * tile_w * 3..][..cols * 3]);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| tracing::debug!("{}: TurboJPEG level decode declined: {e}", path.display()))
+        .ok()?;
+    Some(pixels)
 }

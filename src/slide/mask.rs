@@ -1,7 +1,7 @@
 //! CLAM's tissue segmentation (`WholeSlideImage.segmentTissue`): HSV saturation, median blur,
 //! fixed or Otsu threshold, morphological closing, contours with holes, area filters.
 
-use image::{GrayImage, Luma, RgbImage};
+use image::{GrayImage, RgbImage};
 use imageproc::contours::{find_contours, BorderType};
 use imageproc::contrast::otsu_level;
 use imageproc::filter::median_filter;
@@ -121,170 +121,246 @@ impl Tissue {
     }
 }
 
-/// OpenCV's 8-bit RGB→HSV saturation: round(255 * (max - min) / max) via its fixed-point table.
-pub fn saturation(rgb: &RgbImage) -> GrayImage {
-    const SHIFT: u32 = 12;
-    let table: Vec<i64> = (0..256)
-        .map(|v: i64| {
-            if v == 0 {
-                0
-            } else {
-                ((255i64 << SHIFT) as f64 / v as f64).round() as i64
-            }
-        })
-        .collect();
-    let mut out = GrayImage::new(rgb.width(), rgb.height());
-    for (dst, px) in out.pixels_mut().zip(rgb.pixels()) {
-        let [r, g, b] = px.0;
-        let v = r.max(g).max(b);
-        let diff = i64::from(v - r.min(g).min(b));
-        let s = (diff * table[usize::from(v)] + (1 << (SHIFT - 1))) >> SHIFT;
-        *dst = Luma([s.clamp(0, 255) as u8]);
+/// OpenCV's fixed-point table for 8-bit HSV saturation: (255 << 12) / v, rounded.
+fn saturation_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    for (v, t) in table.iter_mut().enumerate().skip(1) {
+        *t = ((255u32 << SAT_SHIFT) as f64 / v as f64).round() as u32;
     }
+    table
+}
+
+const SAT_SHIFT: u32 = 12;
+
+/// OpenCV's 8-bit RGB→HSV saturation of one pixel: round(255 * (max - min) / max).
+fn saturation_of(table: &[u32; 256], [r, g, b]: [u8; 3]) -> u8 {
+    let v = r.max(g).max(b);
+    let diff = u32::from(v - r.min(g).min(b));
+    ((diff * table[usize::from(v)] + (1 << (SAT_SHIFT - 1))) >> SAT_SHIFT).min(255) as u8
+}
+
+/// OpenCV's 8-bit RGB→HSV saturation channel, rows in parallel.
+pub fn saturation(rgb: &RgbImage) -> GrayImage {
+    use rayon::prelude::*;
+    let table = saturation_table();
+    let w = rgb.width() as usize;
+    let mut out = GrayImage::new(rgb.width(), rgb.height());
+    out.par_chunks_mut(w.max(1))
+        .zip(rgb.as_raw().par_chunks(3 * w.max(1)))
+        .for_each(|(dst, src)| {
+            for (d, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
+                *d = saturation_of(&table, [px[0], px[1], px[2]]);
+            }
+        });
     out
 }
 
-/// Number of set pixels (0/1 values) in each pixel's window [x - before, x + after] x
-/// [y - before, y + after], by two running-sum passes (rows, then columns), in parallel over
-/// blocks of rows. Outside the image the edge pixels repeat (`replicate`, as OpenCV's
-/// medianBlur pads) or count as unset. Windows hold at most 255 pixels.
-fn window_counts(
+/// 1 where a pixel's saturation exceeds `level`, else 0 (rows in parallel).
+fn saturation_above(rgb: &RgbImage, level: u8) -> Vec<u8> {
+    use rayon::prelude::*;
+    let table = saturation_table();
+    let w = rgb.width() as usize;
+    let mut out = vec![0u8; w * rgb.height() as usize];
+    out.par_chunks_mut(w.max(1))
+        .zip(rgb.as_raw().par_chunks(3 * w.max(1)))
+        .for_each(|(dst, src)| {
+            for (d, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
+                *d = u8::from(saturation_of(&table, [px[0], px[1], px[2]]) > level);
+            }
+        });
+    out
+}
+
+/// Sums of a 0/1 line over windows [x - before, x + after] (edge pixels repeated when
+/// `replicate`, else zero outside). Inside, one vectorisable pass per window offset; wrapping
+/// arithmetic, as the sums stay far below 256.
+fn row_window(line: &[u8], out: &mut [u8], before: usize, after: usize, replicate: bool) {
+    let w = line.len();
+    let value = |i: isize| -> u8 {
+        if (0..w as isize).contains(&i) {
+            line[i as usize]
+        } else if replicate {
+            line[i.clamp(0, w as isize - 1) as usize]
+        } else {
+            0
+        }
+    };
+    let span = before + after;
+    let direct = |x: usize| -> u8 {
+        (x as isize - before as isize..=(x + after) as isize)
+            .fold(0u8, |s, i| s.wrapping_add(value(i)))
+    };
+    if w <= span {
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = direct(x);
+        }
+        return;
+    }
+    // Windows wholly inside the line: x in before..w - after.
+    let inner = w - span;
+    let dst = &mut out[before..before + inner];
+    dst.copy_from_slice(&line[..inner]);
+    for d in 1..=span {
+        dst.iter_mut()
+            .zip(&line[d..d + inner])
+            .for_each(|(o, v)| *o = o.wrapping_add(*v));
+    }
+    for x in (0..before).chain(w - after..w) {
+        out[x] = direct(x);
+    }
+}
+
+/// For every pixel, the number of set pixels (0/1 values) in its window [x - before, x + after]
+/// x [y - before, y + after]; `finish(counts, out, y)` turns row y's counts into its output
+/// pixels. Outside the image the edge pixels repeat (`replicate`, as OpenCV's medianBlur pads)
+/// or count as unset. Blocks of rows in parallel, each computing the row sums it needs
+/// (cache-sized) and sliding a column sum down them. Windows hold at most 255 pixels.
+fn window_filter<F>(
     on: &[u8],
     w: usize,
     h: usize,
     before: usize,
     after: usize,
     replicate: bool,
-) -> Vec<u8> {
+    finish: F,
+) -> Vec<u8>
+where
+    F: Fn(&[u8], &mut [u8], usize) + Sync,
+{
     use rayon::prelude::*;
     const BLOCK_ROWS: usize = 64;
     debug_assert!((before + after + 1).pow(2) <= 255);
-    // Index of the pixel that stands for position i in a line of n, or None outside.
-    let at = move |i: isize, n: usize| -> Option<usize> {
-        if (0..n as isize).contains(&i) {
-            Some(i as usize)
-        } else if replicate {
-            Some(i.clamp(0, n as isize - 1) as usize)
-        } else {
-            None
-        }
-    };
-    let (b, a) = (before as isize, after as isize);
-    let mut rows = vec![0u8; w * h];
-    rows.par_chunks_mut(w.max(1))
-        .zip(on.par_chunks(w.max(1)))
-        .for_each(|(out, line)| {
-            let value = |i: isize| at(i, w).map_or(0, |j| line[j]);
-            let mut sum: u8 = (-b..=a).map(value).sum();
-            let inner = (b as usize + 1)..w.saturating_sub(a as usize + 1);
-            for (x, o) in out.iter_mut().enumerate() {
-                *o = sum;
-                sum = if inner.contains(&x) {
-                    sum + line[x + a as usize + 1] - line[x - b as usize]
-                } else {
-                    sum + value(x as isize + a + 1) - value(x as isize - b)
-                };
-            }
-        });
-    let mut counts = vec![0u8; w * h];
-    counts
-        .par_chunks_mut(BLOCK_ROWS * w.max(1))
+    let mut out = vec![0u8; w * h];
+    if w == 0 || h == 0 {
+        return out;
+    }
+    let span = before + after;
+    out.par_chunks_mut(BLOCK_ROWS * w)
         .enumerate()
         .for_each(|(block, out)| {
-            let y0 = (block * BLOCK_ROWS) as isize;
-            let mut sum = vec![0u8; w];
-            let add = |sum: &mut [u8], y: isize, plus: bool| {
-                if let Some(y) = at(y, h) {
-                    let src = &rows[y * w..(y + 1) * w];
-                    if plus {
-                        sum.iter_mut().zip(src).for_each(|(s, v)| *s += v);
-                    } else {
-                        sum.iter_mut().zip(src).for_each(|(s, v)| *s -= v);
-                    }
+            let y0 = block * BLOCK_ROWS;
+            let rows = out.len() / w;
+            // Row sums of source rows y0 - before ..= y0 + rows - 1 + after.
+            let mut sums = vec![0u8; (rows + span) * w];
+            for (i, dst) in sums.chunks_mut(w).enumerate() {
+                let y = (y0 + i) as isize - before as isize;
+                let source = if (0..h as isize).contains(&y) {
+                    Some(y as usize)
+                } else if replicate {
+                    Some(y.clamp(0, h as isize - 1) as usize)
+                } else {
+                    None
+                };
+                if let Some(y) = source {
+                    row_window(&on[y * w..(y + 1) * w], dst, before, after, replicate);
                 }
-            };
-            for y in y0 - b..=y0 + a {
-                add(&mut sum, y, true);
             }
-            for (i, line) in out.chunks_mut(w.max(1)).enumerate() {
-                line.copy_from_slice(&sum);
-                let y = y0 + i as isize;
-                add(&mut sum, y + a + 1, true);
-                add(&mut sum, y - b, false);
+            let mut column = vec![0u8; w];
+            for line in sums.chunks(w).take(span) {
+                column
+                    .iter_mut()
+                    .zip(line)
+                    .for_each(|(c, v)| *c = c.wrapping_add(*v));
+            }
+            for (i, dst) in out.chunks_mut(w).enumerate() {
+                let entering = &sums[(i + span) * w..(i + span + 1) * w];
+                column
+                    .iter_mut()
+                    .zip(entering)
+                    .for_each(|(c, v)| *c = c.wrapping_add(*v));
+                finish(&column, dst, y0 + i);
+                let leaving = &sums[i * w..(i + 1) * w];
+                column
+                    .iter_mut()
+                    .zip(leaving)
+                    .for_each(|(c, v)| *c = c.wrapping_sub(*v));
             }
         });
-    counts
-}
-
-fn to_image(w: usize, h: usize, on: Vec<u8>) -> GrayImage {
-    let raw = on.into_iter().map(|v| v * 255).collect();
-    GrayImage::from_raw(w as u32, h as u32, raw).unwrap_or_default()
-}
-
-/// `median_blur(k)` then `> level`, computed exactly as a majority vote: the median of a
-/// k x k window exceeds `level` iff at least (k² + 1) / 2 of its pixels do. Borders replicate
-/// the edge pixels, as OpenCV's medianBlur does.
-fn median_then_threshold(sat: &GrayImage, k: u32, level: u8) -> Vec<u8> {
-    let (w, h) = (sat.width() as usize, sat.height() as usize);
-    let above: Vec<u8> = sat.as_raw().iter().map(|&v| u8::from(v > level)).collect();
-    let r = (k / 2) as usize;
-    let need = (k * k).div_ceil(2) as u8;
-    window_counts(&above, w, h, r, r, true)
-        .into_iter()
-        .map(|c| u8::from(c >= need))
-        .collect()
-}
-
-/// Binary morphology (0/1 pixels) with a k x k kernel anchored at (k/2, k/2), as cv2.dilate /
-/// cv2.erode (pixels outside the image do not take part).
-fn binary_filter(on: &[u8], w: usize, h: usize, k: u32, dilate: bool) -> Vec<u8> {
-    let before = (k / 2) as usize;
-    let after = k as usize - 1 - before;
-    let counts = window_counts(on, w, h, before, after, false);
-    if dilate {
-        return counts.into_iter().map(|c| u8::from(c > 0)).collect();
-    }
-    let extent = |i: usize, n: usize| (i + after).min(n - 1) + 1 - i.saturating_sub(before);
-    let mut out = vec![0u8; w * h];
-    for (y, (line, cline)) in out
-        .chunks_mut(w.max(1))
-        .zip(counts.chunks(w.max(1)))
-        .enumerate()
-    {
-        let ey = extent(y, h);
-        for (x, (o, &c)) in line.iter_mut().zip(cline).enumerate() {
-            *o = u8::from(usize::from(c) == extent(x, w) * ey);
-        }
-    }
     out
 }
 
-/// The binary mask (255 = tissue) before contour finding, and the threshold used.
-pub fn binary_mask(sat: &GrayImage, params: &SegParams) -> (GrayImage, u8) {
-    let (w, h) = (sat.width() as usize, sat.height() as usize);
+/// `one` where `count >= at_least`, else 0.
+fn at_least(counts: &[u8], out: &mut [u8], at_least: u8, one: u8) {
+    out.iter_mut()
+        .zip(counts)
+        .for_each(|(o, &c)| *o = if c >= at_least { one } else { 0 });
+}
+
+/// `median_blur(k)` then `> level` on 0/1 `above` (saturation > level), computed exactly as
+/// a majority vote: the median of a k x k window exceeds `level` iff at least (k² + 1) / 2 of
+/// its pixels do. Borders replicate the edge pixels, as OpenCV's medianBlur does. Set pixels
+/// get the value `one`.
+fn median_vote(above: &[u8], w: usize, h: usize, k: u32, one: u8) -> Vec<u8> {
+    let r = (k / 2) as usize;
+    let need = (k * k).div_ceil(2) as u8;
+    window_filter(above, w, h, r, r, true, |counts, out, _| {
+        at_least(counts, out, need, one)
+    })
+}
+
+/// Binary morphology (0/1 pixels) with a k x k kernel anchored at (k/2, k/2), as cv2.dilate /
+/// cv2.erode (pixels outside the image do not take part). Set pixels get the value `one`.
+fn binary_filter(on: &[u8], w: usize, h: usize, k: u32, dilate: bool, one: u8) -> Vec<u8> {
+    let before = (k / 2) as usize;
+    let after = k as usize - 1 - before;
+    if dilate {
+        return window_filter(on, w, h, before, after, false, |counts, out, _| {
+            at_least(counts, out, 1, one)
+        });
+    }
+    // Erosion: every pixel of the window that lies inside the image is set.
+    let extent = |i: usize, n: usize| (i + after).min(n - 1) + 1 - i.saturating_sub(before);
+    window_filter(on, w, h, before, after, false, |counts, out, y| {
+        let ey = extent(y, h);
+        if w > before + after {
+            let full = (ey * (before + after + 1)) as u8;
+            at_least(
+                &counts[before..w - after],
+                &mut out[before..w - after],
+                full,
+                one,
+            );
+        }
+        for x in (0..before.min(w)).chain(w.saturating_sub(after).max(before.min(w))..w) {
+            out[x] = if usize::from(counts[x]) == extent(x, w) * ey {
+                one
+            } else {
+                0
+            };
+        }
+    })
+}
+
+/// The binary mask (255 = tissue) of an RGB image before contour finding, and the threshold
+/// used.
+pub fn binary_mask(rgb: &RgbImage, params: &SegParams) -> (GrayImage, u8) {
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let k = params.mthresh.max(1);
+    // The last pass writes 255 for tissue, so no extra pass converts 0/1 to an image.
+    let one = if params.close > 0 { 1 } else { 255 };
     let (mut on, level) = if params.use_otsu {
         // Otsu needs the blurred image's histogram, so blur for real.
-        let blurred = median_filter(sat, k / 2, k / 2);
+        let blurred = median_filter(&saturation(rgb), k / 2, k / 2);
         let level = otsu_level(&blurred);
         let on = blurred
             .as_raw()
             .iter()
-            .map(|&v| u8::from(v > level))
+            .map(|&v| if v > level { one } else { 0 })
             .collect();
         (on, level)
     } else {
-        (
-            median_then_threshold(sat, k, params.sthresh),
-            params.sthresh,
-        )
+        let above = saturation_above(rgb, params.sthresh);
+        (median_vote(&above, w, h, k, one), params.sthresh)
     };
     if params.close > 0 {
         // cv2.morphologyEx(MORPH_CLOSE): dilate, then erode, same kernel of ones.
-        let dilated = binary_filter(&on, w, h, params.close, true);
-        on = binary_filter(&dilated, w, h, params.close, false);
+        let dilated = binary_filter(&on, w, h, params.close, true, 1);
+        on = binary_filter(&dilated, w, h, params.close, false, 255);
     }
-    (to_image(w, h, on), level)
+    (
+        GrayImage::from_raw(w as u32, h as u32, on).unwrap_or_default(),
+        level,
+    )
 }
 
 /// Contours of `binary` with CLAM's area filters; `scale` maps segmentation pixels to level 0
@@ -348,7 +424,7 @@ pub fn tissue_contours(binary: &GrayImage, params: &SegParams, scale: [f64; 2]) 
 
 /// The whole segmentation of an RGB image at `scale` (see [`tissue_contours`]).
 pub fn segment(rgb: &RgbImage, params: &SegParams, scale: [f64; 2]) -> Tissue {
-    let (binary, level) = binary_mask(&saturation(rgb), params);
+    let (binary, level) = binary_mask(rgb, params);
     let mut tissue = tissue_contours(&binary, params, scale);
     tissue.threshold = level;
     tissue
@@ -357,7 +433,7 @@ pub fn segment(rgb: &RgbImage, params: &SegParams, scale: [f64; 2]) -> Tissue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::Rgb;
+    use image::{Luma, Rgb};
 
     #[test]
     fn saturation_matches_opencv() {
@@ -412,27 +488,46 @@ mod tests {
         use imageproc::morphology::{grayscale_dilate, grayscale_erode, Mask};
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let sat = GrayImage::from_fn(37, 29, |_, _| Luma([rng.random_range(0..40u8)]));
-        let (w, h) = (37, 29);
-        for k in [1, 3, 7, 11] {
-            let fast = to_image(w, h, median_then_threshold(&sat, k, 18));
-            let slow = threshold(
-                &median_filter(&sat, k / 2, k / 2),
-                18,
-                ThresholdType::Binary,
-            );
-            assert_eq!(fast, slow, "median kernel {k}");
-        }
-        let binary = threshold(&sat, 30, ThresholdType::Binary);
-        for k in [2u32, 3, 4, 5] {
-            let kernel = GrayImage::from_pixel(k, k, Luma([255]));
-            let mask = Mask::from_image(&kernel, (k / 2) as u8, (k / 2) as u8);
+        // Images smaller than a kernel, than one block of rows, and over several blocks.
+        for (w, h) in [(5usize, 3usize), (37, 29), (150, 140)] {
+            let sat =
+                GrayImage::from_fn(w as u32, h as u32, |_, _| Luma([rng.random_range(0..40u8)]));
+            let above: Vec<u8> = sat.as_raw().iter().map(|&v| u8::from(v > 18)).collect();
+            for k in [1, 3, 7, 11] {
+                let fast = median_vote(&above, w, h, k, 255);
+                let slow = threshold(
+                    &median_filter(&sat, k / 2, k / 2),
+                    18,
+                    ThresholdType::Binary,
+                );
+                assert_eq!(&fast, slow.as_raw(), "median kernel {k}, {w}x{h}");
+            }
+            let binary = threshold(&sat, 30, ThresholdType::Binary);
             let on: Vec<u8> = binary.as_raw().iter().map(|&v| u8::from(v > 0)).collect();
-            let dilated = to_image(w, h, binary_filter(&on, w, h, k, true));
-            let eroded = to_image(w, h, binary_filter(&on, w, h, k, false));
-            assert_eq!(dilated, grayscale_dilate(&binary, &mask), "dilate {k}");
-            assert_eq!(eroded, grayscale_erode(&binary, &mask), "erode {k}");
+            for k in [2u32, 3, 4, 5] {
+                let kernel = GrayImage::from_pixel(k, k, Luma([255]));
+                let mask = Mask::from_image(&kernel, (k / 2) as u8, (k / 2) as u8);
+                let dilated = binary_filter(&on, w, h, k, true, 255);
+                let eroded = binary_filter(&on, w, h, k, false, 255);
+                let want_dilated = grayscale_dilate(&binary, &mask);
+                let want_eroded = grayscale_erode(&binary, &mask);
+                assert_eq!(&dilated, want_dilated.as_raw(), "dilate {k}, {w}x{h}");
+                assert_eq!(&eroded, want_eroded.as_raw(), "erode {k}, {w}x{h}");
+            }
         }
+    }
+
+    #[test]
+    fn saturation_mask_equals_thresholded_saturation() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let rgb = RgbImage::from_fn(64, 3, |_, _| {
+            image::Rgb([rng.random(), rng.random(), rng.random()])
+        });
+        let sat = saturation(&rgb);
+        let above = saturation_above(&rgb, 100);
+        let want: Vec<u8> = sat.as_raw().iter().map(|&v| u8::from(v > 100)).collect();
+        assert_eq!(above, want);
     }
 
     #[test]

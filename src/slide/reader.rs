@@ -217,6 +217,21 @@ impl Slide {
             ((strip_downsample / level_ds).round() as u32).max(1)
         };
         let (lw, lh) = self.dimensions(level);
+        let (w0, h0) = self.dimensions(0);
+        if factor == 1 {
+            // The level as it is: TurboJPEG decodes a JPEG-tiled level several times faster
+            // than OpenSlide's single-threaded read_region (same pixels, checked).
+            if let Some(raw) = super::jpeg_tiles::decode_level(&self.path, self, level) {
+                if let Some(image) = RgbImage::from_raw(lw as u32, lh as u32, raw) {
+                    return Ok(LowRes {
+                        scale: [w0 as f64 / lw as f64, h0 as f64 / lh as f64],
+                        image,
+                        level,
+                        factor,
+                    });
+                }
+            }
+        }
         let f = u64::from(factor);
         let (ow, oh) = ((lw / f).max(1), (lh / f).max(1));
         // Strips of whole tile rows, so no tile is decoded twice.
@@ -249,7 +264,6 @@ impl Slide {
                 Ok(())
             })?;
         let image = RgbImage::from_raw(ow as u32, oh as u32, raw).unwrap_or_default();
-        let (w0, h0) = self.dimensions(0);
         Ok(LowRes {
             scale: [w0 as f64 / ow as f64, h0 as f64 / oh as f64],
             image,
