@@ -82,12 +82,25 @@ fn child(path: &Path, sets: &[String], runs: usize) {
     );
 }
 
-/// CLAM's own timers and patch count, or None when CLAM is not configured.
+/// CLAM's own timers (medians over `case.runs` runs, like ours) and patch count, or None when
+/// CLAM is not configured.
 fn clam(case: &Case, work: &Path) -> Option<(f64, f64, usize)> {
+    let (mut seg, mut patch, mut count) = (Vec::new(), Vec::new(), 0);
+    for run in 0..case.runs {
+        let (s, p, c) = clam_once(case, &work.join(format!("run{run}")))?;
+        seg.push(s);
+        patch.push(p);
+        count = c;
+    }
+    Some((median(seg), median(patch), count))
+}
+
+/// One run of CLAM's `create_patches_fp.py` on the case's slide.
+fn clam_once(case: &Case, work: &Path) -> Option<(f64, f64, usize)> {
     let dir = std::env::var_os("CLAM_DIR")?;
     let python = std::env::var_os("CLAM_PYTHON")?;
-    let source = work.join(format!("clam_src_{}", case.name));
-    let out = work.join(format!("clam_out_{}", case.name));
+    let source = work.join("source");
+    let out = work.join("out");
     std::fs::create_dir_all(&source).ok()?;
     std::os::unix::fs::symlink(&case.path, source.join(case.path.file_name()?)).ok()?;
     let output = Command::new(python)
@@ -241,6 +254,8 @@ fn main() {
     }
     let work = tempfile::tempdir().expect("temporary directory");
     let exe = std::env::current_exe().expect("bench binary");
+    println!("Medians of {} runs per slide (ours and CLAM's alike); CLAM's timers are its own `segmentation took` / `patching took`.",
+        cases.iter().map(|c| c.runs.to_string()).collect::<Vec<_>>().join("/"));
     println!("| tile (CPU, {} cores) | mask s | grid s | whole stage s (with preview + h5) | patches | patches/s (mask+grid) | peak RSS MB | CLAM seg s | CLAM patch s | CLAM patches | speed-up (CLAM seg+patch / ours mask+grid) | patch count diff |",
         std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -269,7 +284,7 @@ fn main() {
         }
         let (mask, grid, total, patches, rss) = (v[0], v[1], v[2], v[3] as usize, v[4]);
         let ours = mask + grid;
-        let clam_cols = match clam(case, work.path()) {
+        let clam_cols = match clam(case, &work.path().join(slide::list::slide_id(&case.path))) {
             Some((seg, patch, count)) => format!(
                 "{seg:.3} | {patch:.3} | {count} | {:.1}x | {:+.1} % |",
                 (seg + patch) / ours,

@@ -2,9 +2,10 @@
 //! fixed or Otsu threshold, morphological closing, contours with holes, area filters.
 
 use image::{GrayImage, RgbImage};
-use imageproc::contours::{find_contours, BorderType};
+use imageproc::contours::{find_contours, BorderType, Contour};
 use imageproc::contrast::otsu_level;
 use imageproc::filter::median_filter;
+use imageproc::point::Point;
 
 use super::polygon::{self, Polygon};
 use crate::config::{SegPreset, TileConfig};
@@ -363,13 +364,99 @@ pub fn binary_mask(rgb: &RgbImage, params: &SegParams) -> (GrayImage, u8) {
     )
 }
 
+/// imageproc's `find_contours` (Suzuki–Abe, OpenCV's order), run separately on each band of
+/// rows between rows without tissue, bands in parallel, each cropped to its tissue's columns.
+/// The same contours in the same order as on the whole image: no border crosses an empty row,
+/// the scan meets the bands top to bottom, and each crop keeps one empty row and column of
+/// margin where the image has one, so every neighbourhood the border following examines is
+/// unchanged.
+fn contours_by_band(binary: &GrayImage) -> Vec<Contour<i32>> {
+    use rayon::prelude::*;
+    let (w, h) = (binary.width() as usize, binary.height() as usize);
+    if w == 0 || h == 0 {
+        return Vec::new();
+    }
+    // Each row's first and last set column.
+    let extents: Vec<Option<(usize, usize)>> = binary
+        .as_raw()
+        .par_chunks(w)
+        .map(|row| {
+            let first = row.iter().position(|&v| v != 0)?;
+            let last = row.iter().rposition(|&v| v != 0)?;
+            Some((first, last))
+        })
+        .collect();
+    // Bands: maximal runs of rows with tissue, with their column span.
+    let mut bands: Vec<(usize, usize, usize, usize)> = Vec::new();
+    for (y, extent) in extents.iter().enumerate() {
+        let Some((a, b)) = *extent else { continue };
+        match bands.last_mut() {
+            Some(band) if band.1 + 1 == y => {
+                band.1 = y;
+                band.2 = band.2.min(a);
+                band.3 = band.3.max(b);
+            }
+            _ => bands.push((y, y, a, b)),
+        }
+    }
+    let crops: Vec<(usize, usize, usize, usize)> = bands
+        .iter()
+        .map(|&(y0, y1, x0, x1)| {
+            (
+                y0.saturating_sub(1),
+                (y1 + 1).min(h - 1),
+                x0.saturating_sub(1),
+                (x1 + 1).min(w - 1),
+            )
+        })
+        .collect();
+    let cropped_pixels: usize = crops
+        .iter()
+        .map(|&(y0, y1, x0, x1)| (y1 - y0 + 1) * (x1 - x0 + 1))
+        .sum();
+    if crops.len() <= 1 && cropped_pixels * 10 >= w * h * 9 {
+        return find_contours::<i32>(binary);
+    }
+    let found: Vec<Vec<Contour<i32>>> = crops
+        .par_iter()
+        .map(|&(y0, y1, x0, x1)| {
+            let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+            let mut raw = Vec::with_capacity(cw * ch);
+            for row in binary.as_raw().chunks(w).skip(y0).take(ch) {
+                raw.extend_from_slice(&row[x0..=x1]);
+            }
+            let crop = GrayImage::from_raw(cw as u32, ch as u32, raw).unwrap_or_default();
+            find_contours::<i32>(&crop)
+                .into_iter()
+                .map(|c| Contour {
+                    points: c
+                        .points
+                        .into_iter()
+                        .map(|p| Point::new(p.x + x0 as i32, p.y + y0 as i32))
+                        .collect(),
+                    ..c
+                })
+                .collect()
+        })
+        .collect();
+    let mut all = Vec::new();
+    for band in found {
+        let offset = all.len();
+        all.extend(band.into_iter().map(|c| Contour {
+            parent: c.parent.map(|p| p + offset),
+            ..c
+        }));
+    }
+    all
+}
+
 /// Contours of `binary` with CLAM's area filters; `scale` maps segmentation pixels to level 0
 /// (CLAM: level-0 dimensions over the segmentation image's).
 pub fn tissue_contours(binary: &GrayImage, params: &SegParams, scale: [f64; 2]) -> Tissue {
     let ref_area = (REF_PATCH_SIZE * REF_PATCH_SIZE / (scale[0] * scale[1])).trunc();
     let min_tissue = params.a_t * ref_area;
     let min_hole = params.a_h * ref_area;
-    let found = find_contours::<i32>(binary);
+    let found = contours_by_band(binary);
     let points = |i: usize| -> Polygon {
         found[i]
             .points
@@ -528,6 +615,53 @@ mod tests {
         let above = saturation_above(&rgb, 100);
         let want: Vec<u8> = sat.as_raw().iter().map(|&v| u8::from(v > 100)).collect();
         assert_eq!(above, want);
+    }
+
+    #[test]
+    fn contours_by_band_equal_contours_of_the_whole_image() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut several_bands = 0;
+        for trial in 0..60 {
+            let (w, h) = (rng.random_range(1..70u32), rng.random_range(1..70u32));
+            // Random blobs (some with holes, some touching the edges) and empty rows between.
+            let mut image = GrayImage::new(w, h);
+            for _ in 0..rng.random_range(0..6) {
+                let (cx, cy) = (rng.random_range(0..w) as i32, rng.random_range(0..h) as i32);
+                let (r, hole) = (rng.random_range(1..12i32), rng.random_range(0..4i32));
+                for y in 0..h as i32 {
+                    for x in 0..w as i32 {
+                        let d = (x - cx).pow(2) + (y - cy).pow(2);
+                        if d <= r * r && d >= hole * hole && rng.random_range(0..10) > 0 {
+                            image.put_pixel(x as u32, y as u32, Luma([255]));
+                        }
+                    }
+                }
+            }
+            let rows_with_tissue: Vec<bool> = image
+                .as_raw()
+                .chunks(w as usize)
+                .map(|row| row.iter().any(|&v| v != 0))
+                .collect();
+            let bands = rows_with_tissue
+                .iter()
+                .enumerate()
+                .filter(|&(y, &on)| on && (y == 0 || !rows_with_tissue[y - 1]))
+                .count();
+            several_bands += usize::from(bands > 1);
+            let banded = contours_by_band(&image);
+            let whole = find_contours::<i32>(&image);
+            assert_eq!(banded.len(), whole.len(), "trial {trial}");
+            for (a, b) in banded.iter().zip(&whole) {
+                assert_eq!(a.points, b.points, "trial {trial}");
+                assert_eq!(a.border_type, b.border_type, "trial {trial}");
+                assert_eq!(a.parent, b.parent, "trial {trial}");
+            }
+        }
+        assert!(
+            several_bands >= 10,
+            "only {several_bands} images had several bands"
+        );
     }
 
     #[test]
