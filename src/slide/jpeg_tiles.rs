@@ -188,8 +188,8 @@ const ADOBE_RGB: [u8; 16] = [
 const PHOTOMETRIC_RGB: u32 = 2;
 
 impl Level {
-    /// `slide`'s level of its `level`'s size in the TIFF file, when it is JPEG-tiled with tiles
-    /// that divide by 8 x `scale`.
+    /// The TIFF directory holding `slide`'s `level` (the tiled one of that size), when it is
+    /// JPEG-compressed with tiles that divide by 8 x `scale`.
     fn find(path: &Path, slide: &Slide, level: u32, scale: u32) -> Option<Self> {
         let (width, height) = slide.dimensions(level);
         let mut decoder = Decoder::new(std::io::BufReader::new(File::open(path).ok()?)).ok()?;
