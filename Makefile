@@ -61,8 +61,7 @@ $(LARGE_SLIDE): fixtures/slides/make_slides.py | setup
 # CLAM_DIR (a CLAM checkout) and CLAM_PYTHON (a Python with CLAM's requirements) add CLAM's own
 # timings and patch counts to the tile table.
 bench: setup $(LARGE_SLIDE)
-	$(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench tile --bench features
-	$(VENV)/bin/python scripts/bench_fit_pytorch.py
+	HDMOE_BENCH_TORCH_PYTHON=$(VENV)/bin/python $(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench tile --bench features
 
 # Genomics-only HDMoE and the SNN baseline on the real TCGA tables (needs ../shared/data/tcga;
 # about 40 minutes for BLCA HDMoE, two hours for BRCA HDMoE on 2 CPU cores). EPOCHS=30 is the

@@ -5,7 +5,8 @@ groups), forward + backward + Adam(weight_decay) per patient, bags of 1k/5k/20k 
 length 64 and 256. Written from ../shared/docs/MODEL_SPEC.md (a timing reference, not a port of
 the authors' code; the modules and their sizes are the same as ours).
 
-Run with the project's venv (it has torch): .venv/bin/python scripts/bench_fit_pytorch.py [--device cuda]
+benches/fit.rs runs it between its own rounds when HDMOE_BENCH_TORCH_PYTHON names a Python with
+torch (`make bench` passes the project's venv); alone: .venv/bin/python scripts/bench_fit_pytorch.py [--device cuda]
 """
 import math
 import statistics

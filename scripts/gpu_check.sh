@@ -42,6 +42,5 @@ HDMOE_BENCH_SLIDES=$WORK/slides HDMOE_BENCH_DEVICE=cuda HDMOE_BENCH_PRECISION=fp
 
 [ "$ONLY" = all ] || exit 0
 section "training step benchmark"
-HDMOE_BENCH_DEVICE=cuda bin bench-fit 2>&1 | tee "$OUT/fit_bench.md"
-python3 scripts/bench_fit_pytorch.py --device cuda 2>&1 | tee -a "$OUT/fit_bench.md"
+HDMOE_BENCH_DEVICE=cuda HDMOE_BENCH_TORCH_PYTHON=python3 bin bench-fit 2>&1 | tee "$OUT/fit_bench.md"
 section "done"
