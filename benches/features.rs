@@ -1,6 +1,7 @@
 //! `make bench`: patches per second of the features stage end to end (slides → features/*.h5)
-//! next to the model alone on ready tensors (the ceiling), in the same run, with the
-//! end-to-end time split into OpenSlide reads, resizing, model and waiting for batches.
+//! next to its two ceilings measured in the same run: the model alone on ready tensors and the
+//! reader threads alone (the same slides read into batches that are dropped); the end-to-end
+//! time split into OpenSlide reads, resizing, model and waiting for batches.
 //!
 //! Defaults: the fixture slides on the CPU, fp32, batch 64. Environment overrides (used by the
 //! GPU script, scripts/gpu_check.sh): HDMOE_BENCH_SLIDES (a folder of slides),
@@ -13,6 +14,7 @@ use hdmoe_pipe::config::Config;
 use hdmoe_pipe::encode::{Encoder, EncoderKind};
 use hdmoe_pipe::features;
 use hdmoe_pipe::features::patch::{Geometry, Reader};
+use hdmoe_pipe::features::pipeline::{self, Job, Message};
 use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::slide;
 use tch::Kind;
@@ -66,10 +68,17 @@ fn main() {
 
     // One reader thread alone, on the slide with the most patches: OpenSlide + area resize,
     // and the JPEG fast path where it applies.
+    let jobs = patch_jobs(&config);
     let mut per_reader = String::new();
-    if let Some((path, coords, geometry)) = largest_patches(&config) {
+    if let Some(Job {
+        slide: path,
+        coords,
+        geometry,
+    }) = jobs.iter().max_by_key(|j| j.coords.len())
+    {
+        let geometry = *geometry;
         for fast in [false, true] {
-            let mut reader = Reader::open(&path, geometry, fast).expect("reader");
+            let mut reader = Reader::open(path, geometry, fast).expect("reader");
             if fast && reader.tiles.is_none() {
                 continue;
             }
@@ -118,15 +127,40 @@ fn main() {
     let ceiling = done as f64 / started.elapsed().as_secs_f64();
     drop(encoder);
 
+    // The other ceiling: every slide read into batches by the stage's reader threads, the
+    // batches dropped as they arrive.
+    let readers = features::reader_threads(config.features.readers, &[d]);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(readers)
+        .build()
+        .expect("reader pool");
+    let total: usize = jobs.iter().map(|j| j.coords.len()).sum();
+    let (sender, receiver) = std::sync::mpsc::sync_channel(config.features.queue_batches.max(1));
+    let buffers = pipeline::Buffers::default();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let (pool, buffers, fast) = (&pool, &buffers, config.features.fast_jpeg);
+        scope.spawn(move || pipeline::produce(jobs, batch, fast, pool, sender, buffers));
+        while let Ok(message) = receiver.recv() {
+            match message {
+                Message::Batch { pixels, .. } => buffers.give(pixels),
+                Message::End => {}
+                Message::Failed(e) => panic!("{e}"),
+            }
+        }
+    });
+    let readers_alone = total as f64 / started.elapsed().as_secs_f64();
+    drop(pool);
+
     println!("One reader thread, slide with the most patches: {per_reader}\n");
     let report = features::run(&config, true, true, Shard::ALL).expect("features");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let t = report.timing;
     let end_to_end = t.patches as f64 / t.wall_s;
-    println!("| features ({name}, {precision}, batch {batch}) | slides | patches | end to end patches/s | model alone patches/s | end to end / ceiling | OpenSlide read s (all readers) | resize s (all readers) | model s | waiting for batches s | wall s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| features ({name}, {precision}, batch {batch}) | slides | patches | end to end patches/s | model alone patches/s | end to end / model alone | readers alone ({readers} threads) patches/s | OpenSlide read s (all readers) | resize s (all readers) | model s | waiting for batches s | wall s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| resnet50_trunc, 256 px | {} | {} | {end_to_end:.1} | {ceiling:.1} | {:.0} % | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        "| resnet50_trunc, 256 px | {} | {} | {end_to_end:.1} | {ceiling:.1} | {:.0} % | {readers_alone:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
         report.done,
         t.patches,
         100.0 * end_to_end / ceiling,
@@ -138,33 +172,32 @@ fn main() {
     );
 }
 
-/// The slide with the most patches: its path, coords and read geometry.
-fn largest_patches(config: &Config) -> Option<(PathBuf, Vec<[i64; 2]>, Geometry)> {
-    let entries = slide::list::list(config.paths.slides.as_deref()?).ok()?;
-    let mut best: Option<(PathBuf, Vec<[i64; 2]>, Geometry)> = None;
-    for e in entries {
-        let file = hdf5::File::open(
-            config
-                .cache_dir()
-                .join("patches")
-                .join(format!("{}.h5", e.id)),
-        )
-        .ok()?;
-        let ds = file.dataset("coords").ok()?;
-        let coords: ndarray::Array2<i64> = ds.read_2d().ok()?;
-        let int = |n: &str| ds.attr(n).and_then(|a| a.read_scalar::<i64>()).ok();
-        let geometry = Geometry {
-            level: int("patch_level")? as u32,
-            read_size: int("level_read_size")? as u32,
-            input_size: int("patch_size")? as u32,
-        };
-        if best.as_ref().is_none_or(|b| b.1.len() < coords.nrows()) {
-            best = Some((
-                e.path,
-                coords.outer_iter().map(|r| [r[0], r[1]]).collect(),
-                geometry,
-            ));
-        }
-    }
-    best
+/// Every tiled slide's path, coords and read geometry, as the features stage reads them.
+fn patch_jobs(config: &Config) -> Vec<Job> {
+    let Some(slides) = config.paths.slides.as_deref() else {
+        return Vec::new();
+    };
+    let entries = slide::list::list(slides).unwrap_or_default();
+    entries
+        .into_iter()
+        .filter_map(|e| patch_job(config, e.id, e.path))
+        .collect()
+}
+
+fn patch_job(config: &Config, id: String, path: PathBuf) -> Option<Job> {
+    let file =
+        hdf5::File::open(config.cache_dir().join("patches").join(format!("{id}.h5"))).ok()?;
+    let ds = file.dataset("coords").ok()?;
+    let coords: ndarray::Array2<i64> = ds.read_2d().ok()?;
+    let int = |n: &str| ds.attr(n).and_then(|a| a.read_scalar::<i64>()).ok();
+    let geometry = Geometry {
+        level: int("patch_level")? as u32,
+        read_size: int("level_read_size")? as u32,
+        input_size: int("patch_size")? as u32,
+    };
+    Some(Job {
+        slide: path,
+        geometry,
+        coords: coords.outer_iter().map(|r| [r[0], r[1]]).collect(),
+    })
 }

@@ -247,3 +247,93 @@ fn the_jpeg_fast_path_sees_what_openslide_and_an_area_resize_see() {
     let (b, _, _) = fast.read(geometry, 1216, 896).unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn reader_threads_deliver_every_patch_in_order_whatever_the_buffers_held() {
+    use hdmoe_pipe::features::patch::{Geometry, Reader};
+    use hdmoe_pipe::features::pipeline::{produce, Buffers, Job, Message};
+    let geometry = Geometry {
+        level: 0,
+        read_size: 512,
+        input_size: 256,
+    };
+    let fast = fixture("slides/aperio40x.svs");
+    let coords: Vec<[i64; 2]> = (0..23)
+        .map(|i| [256 + 96 * (i % 7), 128 + 160 * (i / 7)])
+        .chain([[3072, 2304], [-100, 40]]) // partly outside the image
+        .collect();
+    let jobs = vec![
+        Job {
+            slide: fast.clone(),
+            geometry,
+            coords: coords.clone(),
+        },
+        Job {
+            slide: fixture("slides/not_a_slide.svs"),
+            geometry,
+            coords: coords.clone(),
+        },
+        Job {
+            slide: fixture("slides/aperio20x.svs"),
+            geometry: Geometry {
+                read_size: 256,
+                ..geometry
+            },
+            coords: coords[..9].to_vec(),
+        },
+    ];
+    // What one reader returns patch by patch, on its own.
+    let expected: Vec<Vec<Vec<u8>>> = [&jobs[0], &jobs[2]]
+        .iter()
+        .map(|job| {
+            let mut reader = Reader::open(&job.slide, job.geometry, true).unwrap();
+            job.coords
+                .iter()
+                .map(|&[x, y]| reader.read(job.geometry, x, y).unwrap().0)
+                .collect()
+        })
+        .collect();
+    let patch_bytes = 256 * 256 * 3;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let buffers = Buffers::default();
+    // Recycled buffers hold the previous batches' bytes: seed ones full of garbage.
+    for _ in 0..3 {
+        buffers.give(vec![0xAB; 7 * patch_bytes]);
+    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+    let mut received: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+    let mut failures = Vec::new();
+    std::thread::scope(|scope| {
+        let (pool, buffers) = (&pool, &buffers);
+        scope.spawn(move || produce(jobs, 7, true, pool, sender, buffers));
+        while let Ok(message) = receiver.recv() {
+            match message {
+                Message::Batch { pixels, rows, .. } => {
+                    assert!(rows <= 7);
+                    assert_eq!(pixels.len(), rows * patch_bytes);
+                    let last = received.last_mut().unwrap();
+                    last.extend(pixels.chunks(patch_bytes).map(<[u8]>::to_vec));
+                    buffers.give(pixels);
+                }
+                Message::End => received.push(Vec::new()),
+                Message::Failed(message) => {
+                    failures.push(message);
+                    received.push(Vec::new());
+                }
+            }
+        }
+    });
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("not_a_slide.svs"), "{failures:?}");
+    let delivered: Vec<&Vec<Vec<u8>>> = received.iter().filter(|r| !r.is_empty()).collect();
+    assert_eq!(delivered.len(), 2);
+    for (got, want) in delivered.iter().zip(&expected) {
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(a == b, "patch {i} differs from a lone reader's");
+        }
+    }
+}

@@ -283,6 +283,7 @@ fn consume(
     batch_size: usize,
     receiver: &mpsc::Receiver<Message>,
     stager: &mut Stager,
+    buffers: &pipeline::Buffers,
 ) -> Result<Timing, String> {
     let n = work.job.coords.len();
     let dim = encoder.kind.feature_dim() as usize;
@@ -342,6 +343,7 @@ fn consume(
                         rows
                     };
                     let x = stager.input(&pixels, padded_rows, size, kind);
+                    buffers.give(pixels);
                     // The previous batch's features, fetched before this batch's forward
                     // pass is queued behind them, then written while the GPU works.
                     let previous = in_flight.take().map(|b| {
@@ -394,6 +396,17 @@ fn consume(
         (Ok(()), _) => Ok(timing),
         (Err(_), Some(message)) => Err(message),
         (Err(e), None) => Err(e.to_string()),
+    }
+}
+
+/// Reader threads for `features.readers` (0 = automatic) on these devices.
+pub fn reader_threads(configured: usize, devices: &[Device]) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match configured {
+        // The model thread and libtorch's launches need CPU too: starved, they slow the GPU.
+        0 if devices.iter().any(|d| d.is_cuda()) => cores.saturating_sub(2 * devices.len()).max(1),
+        0 => cores,
+        n => n,
     }
 }
 
@@ -524,13 +537,7 @@ pub fn run(
     }
     manifest.save()?;
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let readers = match options.readers {
-        // The model thread and libtorch's launches need CPU too: starved, they slow the GPU.
-        0 if devices.iter().any(|d| d.is_cuda()) => cores.saturating_sub(2 * devices.len()).max(1),
-        0 => cores,
-        n => n,
-    };
+    let readers = reader_threads(options.readers, &devices);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(readers)
         .build()
@@ -560,14 +567,25 @@ pub fn run(
                     let jobs: Vec<Job> = share.iter().map(|w| w.job.clone()).collect();
                     let batch = options.batch_size;
                     let mut results = Vec::new();
+                    let buffers = pipeline::Buffers::default();
                     std::thread::scope(|inner| {
                         let fast = options.fast_jpeg;
-                        inner.spawn(move || pipeline::produce(jobs, batch, fast, pool, sender));
+                        let buffers = &buffers;
+                        inner.spawn(move || {
+                            pipeline::produce(jobs, batch, fast, pool, sender, buffers)
+                        });
                         let mut stager = Stager::new(encoder.device);
                         for work in &share {
                             let started = Instant::now();
-                            let outcome =
-                                consume(work, &encoder, kind, batch, &receiver, &mut stager);
+                            let outcome = consume(
+                                work,
+                                &encoder,
+                                kind,
+                                batch,
+                                &receiver,
+                                &mut stager,
+                                buffers,
+                            );
                             let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
                             match &outcome {
                                 Ok(t) => m.record(

@@ -75,6 +75,26 @@ impl Reader {
         })
     }
 
+    /// Another reader of the same slide for another thread: its own OpenSlide and file
+    /// handles, the fast path's layout and check shared (so the slide's TIFF directory is
+    /// parsed once, not once per reader).
+    pub fn another(&self) -> Result<Self, SlideError> {
+        let slide = Slide::open(&self.slide.path)?;
+        let tiles = match &self.tiles {
+            Some(tiles) => Some(tiles.another().ok_or_else(|| SlideError::Open {
+                path: self.slide.path.clone(),
+                message: "cannot open another handle on the file".into(),
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            slide,
+            tiles,
+            background: self.background,
+            downsample: self.downsample,
+        })
+    }
+
     /// Reads the patch whose level-0 top-left corner is `(x, y)`, as `input_size`² RGB bytes;
     /// returns the bytes and the seconds spent reading (with decoding) and resizing.
     pub fn read(
@@ -83,28 +103,43 @@ impl Reader {
         x: i64,
         y: i64,
     ) -> Result<(Vec<u8>, f64, f64), SlideError> {
+        let mut out = vec![0u8; (geometry.input_size as usize).pow(2) * 3];
+        let (read_s, resize_s) = self.read_into(geometry, x, y, &mut out)?;
+        Ok((out, read_s, resize_s))
+    }
+
+    /// [`Reader::read`] into `out` (`input_size`² x 3 bytes, e.g. a slot of a batch).
+    pub fn read_into(
+        &mut self,
+        geometry: Geometry,
+        x: i64,
+        y: i64,
+        out: &mut [u8],
+    ) -> Result<(f64, f64), SlideError> {
         let started = std::time::Instant::now();
+        let failed = |message: String| SlideError::Read {
+            path: self.slide.path.clone(),
+            level: geometry.level,
+            x,
+            y,
+            message,
+        };
         if let Some(tiles) = self.tiles.as_mut() {
             // The fast path snaps the origin down to a multiple of its scale: at most
             // scale - 1 pixels of the level (0.25 um per pixel at 40x).
             let s = i64::from(tiles.scale());
             let lx = (x as f64 / self.downsample).round() as i64;
             let ly = (y as f64 / self.downsample).round() as i64;
-            let pixels = tiles
-                .read(
+            tiles
+                .read_into(
                     lx - lx.rem_euclid(s),
                     ly - ly.rem_euclid(s),
                     geometry.read_size,
                     self.background,
+                    out,
                 )
-                .map_err(|message| SlideError::Read {
-                    path: self.slide.path.clone(),
-                    level: geometry.level,
-                    x,
-                    y,
-                    message,
-                })?;
-            return Ok((pixels, started.elapsed().as_secs_f64(), 0.0));
+                .map_err(failed)?;
+            return Ok((started.elapsed().as_secs_f64(), 0.0));
         }
         let rgb = self.slide.read_rgb_bytes(
             x,
@@ -115,8 +150,16 @@ impl Reader {
         )?;
         let read_s = started.elapsed().as_secs_f64();
         let started = std::time::Instant::now();
-        let out = resize(rgb, geometry.read_size, geometry.input_size);
-        Ok((out, read_s, started.elapsed().as_secs_f64()))
+        let resized = resize(rgb, geometry.read_size, geometry.input_size);
+        if resized.len() != out.len() {
+            return Err(failed(format!(
+                "a {0}x{0} RGB patch does not fit {1} bytes",
+                geometry.input_size,
+                out.len()
+            )));
+        }
+        out.copy_from_slice(&resized);
+        Ok((read_s, started.elapsed().as_secs_f64()))
     }
 }
 

@@ -15,7 +15,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::raw::{c_char, c_int, c_ulong, c_void};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tiff::decoder::Decoder;
 use tiff::tags::Tag;
@@ -304,10 +305,13 @@ impl Level {
 }
 
 /// One JPEG-tiled level of a TIFF file, read tile by tile with a small cache of decoded tiles.
+/// Each reader thread has its own (file handle, TurboJPEG handle, cache); the level's layout is
+/// parsed and checked once per slide and shared ([`JpegTiles::another`]).
 pub struct JpegTiles {
+    path: PathBuf,
     file: File,
     turbo: Turbo,
-    level: Level,
+    level: Arc<Level>,
     scale: u32,
     cache: HashMap<usize, Vec<u8>>,
     order: VecDeque<usize>,
@@ -328,25 +332,61 @@ impl JpegTiles {
         // under one level: the patches are resized afterwards anyway).
         let middle = found.offsets.len() / 2;
         let (diff, n) = found.difference_from_openslide(&file, &turbo, slide, level, middle)?;
-        ((diff as f64) < n as f64).then_some(Self {
+        ((diff as f64) < n as f64).then(|| Self {
+            path: path.to_owned(),
             file,
             turbo,
-            level: found,
+            level: Arc::new(found),
             scale,
             cache: HashMap::new(),
             order: VecDeque::new(),
         })
     }
 
-    /// The decoded tile at 1/scale, from the cache when there.
+    /// Another reader of the same level: its own file and TurboJPEG handles and an empty
+    /// cache, the layout and the check shared (opening costs a file open, not a TIFF parse).
+    pub fn another(&self) -> Option<Self> {
+        Some(Self {
+            path: self.path.clone(),
+            file: File::open(&self.path).ok()?,
+            turbo: Turbo::new()?,
+            level: Arc::clone(&self.level),
+            scale: self.scale,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+        })
+    }
+
+    /// The decoded tile at 1/scale, from the cache when there; a tile the file leaves out is
+    /// empty (the caller leaves the background there, as OpenSlide draws it).
     fn tile(&mut self, index: usize) -> Result<&[u8], String> {
         if !self.cache.contains_key(&index) {
-            let jpeg = self.level.tile_bytes(&self.file, index)?;
-            let (pixels, _, _) = self.turbo.decode(&jpeg, self.scale)?;
+            // The evicted tile's buffer is reused: no allocation per decode.
+            let mut pixels = Vec::new();
             if self.order.len() >= CACHE_TILES {
                 if let Some(old) = self.order.pop_front() {
-                    self.cache.remove(&old);
+                    pixels = self.cache.remove(&old).unwrap_or_default();
                 }
+            }
+            if self.level.counts.get(index).copied().unwrap_or(0) == 0 {
+                pixels.clear();
+            } else {
+                let jpeg = self.level.tile_bytes(&self.file, index)?;
+                let (w, h) = self.turbo.size(&jpeg)?;
+                let s = self.scale as usize;
+                let (sw, sh) = (w.div_ceil(s), h.div_ceil(s));
+                let expected = (
+                    self.level.tile_w as usize / s,
+                    self.level.tile_h as usize / s,
+                );
+                if (sw, sh) != expected {
+                    return Err(format!(
+                        "tile {index} is {w}x{h}, not {}x{}",
+                        self.level.tile_w, self.level.tile_h
+                    ));
+                }
+                pixels.resize(sw * sh * 3, 0);
+                self.turbo.decode_into(&jpeg, &mut pixels, sw, sh, sw * 3)?;
             }
             self.order.push_back(index);
             self.cache.insert(index, pixels);
@@ -355,52 +395,73 @@ impl JpegTiles {
     }
 
     /// The region [x, x + size) x [y, y + size) of the level (level pixels, x and y multiples
-    /// of the scale) as (size / scale)² RGB bytes; outside the image: `background`.
-    pub fn read(
+    /// of the scale) as (size / scale)² RGB bytes written into `out`; outside the image and
+    /// in tiles the file leaves out: `background`.
+    pub fn read_into(
         &mut self,
         x: i64,
         y: i64,
         size: u32,
         background: [u8; 3],
-    ) -> Result<Vec<u8>, String> {
+        out: &mut [u8],
+    ) -> Result<(), String> {
         let s = i64::from(self.scale);
         let out_side = (size / self.scale) as i64;
-        let mut out = Vec::with_capacity((out_side * out_side * 3) as usize);
-        for _ in 0..out_side * out_side {
-            out.extend_from_slice(&background);
+        if out.len() != (out_side * out_side * 3) as usize {
+            return Err(format!(
+                "a {out_side}x{out_side} RGB patch needs {} bytes, not {}",
+                out_side * out_side * 3,
+                out.len()
+            ));
         }
         let (tw, th) = (i64::from(self.level.tile_w), i64::from(self.level.tile_h));
         let (stw, sth) = (tw / s, th / s);
         let x_end = (x + i64::from(size)).min(self.level.width as i64);
         let y_end = (y + i64::from(size)).min(self.level.height as i64);
         let (x0, y0) = (x.max(0), y.max(0));
+        let inside =
+            x0 == x && y0 == y && x_end == x + i64::from(size) && y_end == y + i64::from(size);
+        if !inside {
+            fill(out, background);
+        }
         if x0 >= x_end || y0 >= y_end {
-            return Ok(out);
+            return Ok(());
         }
         for ty in y0 / th..=(y_end - 1) / th {
             for tx in x0 / tw..=(x_end - 1) / tw {
                 let index = (ty * i64::from(self.level.across) + tx) as usize;
-                let tile = self.tile(index)?;
                 // Overlap of this tile with the region, in scaled pixels.
                 let (ax, bx) = ((tx * tw).max(x0), ((tx + 1) * tw).min(x_end));
                 let (ay, by) = ((ty * th).max(y0), ((ty + 1) * th).min(y_end));
                 let cols = ((bx - ax) / s) as usize;
+                let dst_col = ((ax / s) - x / s) as usize;
+                let tile = self.tile(index)?;
                 for yy in (ay / s)..(by / s) {
+                    let dst_row = (yy - y / s) as usize;
+                    let dst = &mut out[(dst_row * out_side as usize + dst_col) * 3..][..cols * 3];
+                    if tile.is_empty() {
+                        fill(dst, background);
+                        continue;
+                    }
                     let src_row = (yy - ty * sth) as usize;
                     let src_col = ((ax / s) - tx * stw) as usize;
-                    let dst_row = (yy - y / s) as usize;
-                    let dst_col = ((ax / s) - x / s) as usize;
-                    let src = &tile[(src_row * stw as usize + src_col) * 3..][..cols * 3];
-                    let dst = &mut out[(dst_row * out_side as usize + dst_col) * 3..][..cols * 3];
-                    dst.copy_from_slice(src);
+                    dst.copy_from_slice(
+                        &tile[(src_row * stw as usize + src_col) * 3..][..cols * 3],
+                    );
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn scale(&self) -> u32 {
         self.scale
+    }
+}
+
+fn fill(rgb: &mut [u8], colour: [u8; 3]) {
+    for px in rgb.chunks_exact_mut(3) {
+        px.copy_from_slice(&colour);
     }
 }
 
@@ -449,9 +510,7 @@ pub fn decode_level(path: &Path, slide: &Slide, level: u32) -> Option<Vec<u8>> {
                 let cols = tile_w.min(width - x0);
                 if found.counts[index] == 0 {
                     for row in band.chunks_mut(pitch) {
-                        for px in row[x0 * 3..(x0 + cols) * 3].chunks_mut(3) {
-                            px.copy_from_slice(&background);
-                        }
+                        fill(&mut row[x0 * 3..(x0 + cols) * 3], background);
                     }
                     continue;
                 }
