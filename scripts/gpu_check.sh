@@ -2,7 +2,8 @@
 # Runs on a CUDA node with PyTorch 2.11 and no Rust (see README, "GPU nodes"), from the
 # repository root, with the bundle scripts/gpu_bundle.sh made: the GPU tests, the features
 # benchmark at fp16 / batch 256 on a large generated 40x slide (end to end next to the model
-# alone), and the training-step benchmark on CUDA next to PyTorch eager. Results go to OUT_DIR.
+# alone and the readers alone), and the training-step benchmark on CUDA next to PyTorch eager
+# (alternating rounds). Results go to OUT_DIR.
 #
 # Usage: bash scripts/gpu_check.sh BUNDLE_DIR OUT_DIR   (ONLY=features runs that part alone)
 set -uo pipefail
