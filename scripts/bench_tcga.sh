@@ -40,16 +40,16 @@ if [ -n "${REPORT_ONLY:-}" ]; then
   fi
   how="finished run in $out"
 else
-"$bin" -q genomics "${sets[@]}" > /dev/null
-if [ "$jobs" -gt 1 ]; then
-  threads=$(( $(nproc) / jobs )); [ "$threads" -ge 1 ] || threads=1
-  mkdir -p "$out"
-  export OMP_NUM_THREADS=$threads
-  printf '%s\n' 0 1 2 3 4 | xargs -P "$jobs" -I{} sh -c \
-    '"$0" -q fit "$@" --set "train.folds=[{}]" > "'"$out"'/fold_{}.log" 2>&1' "$bin" "${sets[@]}"
-  unset OMP_NUM_THREADS
-fi
-"$bin" -q fit "${sets[@]}" > "$out.log"
+  "$bin" -q genomics "${sets[@]}" > /dev/null
+  if [ "$jobs" -gt 1 ]; then
+    threads=$(( $(nproc) / jobs )); [ "$threads" -ge 1 ] || threads=1
+    mkdir -p "$out"
+    export OMP_NUM_THREADS=$threads
+    printf '%s\n' 0 1 2 3 4 | xargs -P "$jobs" -I{} sh -c \
+      '"$0" -q fit "$@" --set "train.folds=[{}]" > "'"$out"'/fold_{}.log" 2>&1' "$bin" "${sets[@]}"
+    unset OMP_NUM_THREADS
+  fi
+  "$bin" -q fit "${sets[@]}" > "$out.log"
 fi
 # Seconds per epoch: the median over every fold's history (a resumed fit keeps its history).
 sec=$(tail -q -n +2 "$out"/fold_*/history.csv | cut -d, -f10 | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')

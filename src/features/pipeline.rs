@@ -123,14 +123,11 @@ pub fn produce(
                     continue;
                 }
             };
-            let outcome = read_job(job, &handles, batch_size, pool, &sender, buffers);
-            match outcome {
-                Some(last) => {
-                    if sender.send(last).is_err() {
-                        return;
-                    }
-                }
-                None => return,
+            let Some(last) = read_job(job, &handles, batch_size, pool, &sender, buffers) else {
+                return;
+            };
+            if sender.send(last).is_err() {
+                return;
             }
         }
     });
