@@ -1,6 +1,7 @@
 //! Image encoders shared by the features and mri stages: torchvision-compatible ResNets in
 //! libtorch, their weights, and the device they run on.
 
+pub mod pth;
 pub mod resnet2d;
 pub mod resnet3d;
 
@@ -219,17 +220,15 @@ pub fn parse_device(text: &str) -> Result<Device, EncodeError> {
     }
 }
 
-/// Reads a state dict: `.safetensors`, or PyTorch's `torch.save` zip format (`.pth`, `.pt`,
-/// `.bin`, as torchvision distributes its weights).
+/// Reads a state dict, whatever the file's name: `torch.save`'s zip format (`.pth`, `.pt`,
+/// `.bin`, as torchvision distributes its weights) or its legacy format, holding a dict, an
+/// `OrderedDict` (`model.state_dict()`) or a training checkpoint with a `state_dict` entry; or
+/// safetensors.
 pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, EncodeError> {
-    let unreadable = |e: tch::TchError| EncodeError::Unreadable {
+    let tensors = pth::read_tensors(path).map_err(|e| EncodeError::Unreadable {
         path: path.to_owned(),
         message: e.to_string(),
-    };
-    let tensors = match path.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => Tensor::read_safetensors(path).map_err(unreadable)?,
-        _ => Tensor::loadz_multi_with_device(path, Device::Cpu).map_err(unreadable)?,
-    };
+    })?;
     // DataParallel checkpoints prefix every name with `module.`.
     Ok(tensors
         .into_iter()
