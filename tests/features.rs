@@ -1,12 +1,15 @@
-//! The features stage: features of real H&E patches equal torchvision's (same state dict) to
-//! 1e-4 on the CPU, through the whole stage from a CLAM-style patches file; outputs keep CLAM's
-//! layout, are resumable and refuse mismatched parameters; bad slides fail alone.
+//! The features stage: features of real H&E patches, through the whole stage (float32, the
+//! product path) from a CLAM-style patches file, are within float32 rounding of torchvision's
+//! float64 features (same state dict); outputs keep CLAM's layout, are resumable and refuse
+//! mismatched parameters; bad slides fail alone.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{copy_slides, fixture, hashed_weights};
+use common::{
+    copy_slides, fixture, hashed_weights, json_rows, rounding_bound, scaled_errors, U_F32,
+};
 use hdmoe_pipe::cache::read_str_attr;
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::encode::EncoderKind;
@@ -87,16 +90,25 @@ fn features_of_real_patches_match_torchvision() {
     let out = dir.path().join("cache/features/aperio20x.h5");
     let got = read_features(&out);
     assert_eq!(got.dim(), (4, 1024));
-    let mut worst = 0f64;
-    for (i, row) in want["features"].as_array().unwrap().iter().enumerate() {
-        for (j, v) in row.as_array().unwrap().iter().enumerate() {
-            let w = v.as_f64().unwrap();
-            worst = worst.max((f64::from(got[[i, j]]) - w).abs() / w.abs().max(1.0));
-        }
-    }
+    // The reference is torchvision's float64 forward on the same pixels (float64 normalisation,
+    // the float32 weights cast exactly). Float32 sums run in a CPU-dependent order, so the
+    // stage's float32 features are bounded by what float32 rounding allows (see
+    // `rounding_bound`): the truncated resnet50's 40 convolutions plus the float32 input
+    // normalisation, fan-in up to 3·3·256, values rounded after BN and the shortcut add.
+    assert_eq!(want["dtype"], "float64");
+    let (reference, width) = json_rows(&want["features"]);
+    assert_eq!(width, 1024);
+    let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+    let (error, l2) = scaled_errors(&got, &reference, width);
+    let bound = rounding_bound(U_F32, 2.0, 3 * 3 * 256, 40 + 1);
+    eprintln!(
+        "features stage (float32) against torchvision float64: max error / max |feature| \
+         {error:.2e} (bound {bound:.2e}), relative L2 {l2:.2e} (worst patch)"
+    );
     assert!(
-        worst < 1e-4,
-        "largest difference from torchvision {worst:e}"
+        error <= bound,
+        "features differ from torchvision's float64 by {error:e} of their scale, more than \
+         float32 rounding allows ({bound:e})"
     );
     // The pixels themselves are the ones torchvision saw.
     let s = slide::reader::Slide::open(&slides.join("aperio20x.svs")).unwrap();

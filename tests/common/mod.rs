@@ -149,3 +149,99 @@ pub fn copy_slides(dir: &Path, names: &[&str]) -> PathBuf {
     }
     slides
 }
+
+/// Unit roundoff (half the machine epsilon) of float32: 2^-24.
+pub const U_F32: f64 = f32::EPSILON as f64 / 2.0;
+/// Unit roundoff of TF32 and of float16 (10 explicit mantissa bits): 2^-11.
+pub const U_F16: f64 = 1.0 / 2048.0;
+/// Unit roundoff of bfloat16 (7 explicit mantissa bits): 2^-8.
+pub const U_BF16: f64 = 1.0 / 256.0;
+
+/// How far rounding may move a ResNet's output from its exact value, as a fraction of the
+/// output's largest magnitude:
+/// `2 · sqrt(depth) · (sqrt(roundings) · u_operands + U_F32 · sqrt(fan_in))`.
+///
+/// - `depth`: convolutions on the longest path (a layer is a convolution with its BN, ReLU and
+///   shortcut add), plus one for an input computed in the working precision.
+/// - `fan_in`: the largest fan-in (k·k·c_in) of those convolutions; the sums run in float32 on
+///   every path we have (CPU float32; cuDNN's TF32, fp16 and bf16 kernels accumulate in float32).
+/// - `u_operands`, `roundings`: the unit roundoff of the format the layer's values are rounded
+///   to and how many times each value is, per layer (float32 on the CPU: the BN output and the
+///   shortcut add, 2; TF32: the weight and the input of the convolution, 2; fp16 and bf16:
+///   the weight and the stored convolution, BN and add outputs, 4).
+///
+/// Derivation. One output of a layer is y = Σ_{i≤n} w_i·x_i. Summing n terms of random sign
+/// and size σ recursively rounds each partial sum s_k (|s_k| ≈ √k·σ) by ≤ u·|s_k|; these
+/// independent errors total ≈ u·σ·n/√2 while |y| ≈ √n·σ: ≈ u·√n relative (blocked GEMM and
+/// pairwise sums do better). Rounding each value r times perturbs each product by ≤ r·u at
+/// random signs: ≈ √r·u relative to y. A layer's error then passes through the following
+/// layers, which keep a perturbation's relative size about constant (BN gains near 1, ReLU,
+/// identity shortcuts) while adding their own, independent of it: L layers add in quadrature,
+/// √L times one layer's. The final average pool only averages independent errors down. The
+/// factor 2 (eps32 = 2·u32) is the margin on these one-sigma estimates.
+///
+/// Against the float64 references (fixtures/*/make_reference.py) the measured float32 errors
+/// are 50-200 times below this (1.9e-7 to 7.4e-7 against bounds of 3.7e-5 to 5.9e-5, on an
+/// AVX-512 CPU with its own kernels, ATEN_CPU_CAPABILITY=avx2 or default, and
+/// ONEDNN_MAX_CPU_ISA=AVX2), and torchvision run wholly in fp16 or bf16 on the CPU 11-14 times
+/// below the fp16 and bf16 bounds. Real defects are above it: in float32, a batch-norm eps of
+/// 2e-5 instead of torchvision's 1e-5 moves the resnet50 output by 1.8e-4 of its scale (3 times
+/// the bound; tests/encoders.rs checks that it fails), an eps of 1e-4 by 1.6e-3, a dropped ReLU
+/// (layer3's last block) by 1.3, and computing in fp16 or bf16 instead by 1e-3 or 9e-3.
+pub fn rounding_bound(u_operands: f64, roundings: f64, fan_in: i64, depth: i64) -> f64 {
+    2.0 * (depth as f64).sqrt() * (roundings.sqrt() * u_operands + U_F32 * (fan_in as f64).sqrt())
+}
+
+/// A JSON array of equal-length number rows, flattened, with the row length.
+pub fn json_rows(value: &serde_json::Value) -> (Vec<f64>, usize) {
+    let rows = value.as_array().expect("rows");
+    let width = rows.first().and_then(|r| r.as_array()).map_or(0, Vec::len);
+    let flat: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| {
+            let r = r.as_array().expect("row");
+            assert_eq!(r.len(), width, "ragged rows");
+            r.iter().map(|v| v.as_f64().expect("number"))
+        })
+        .collect();
+    (flat, width)
+}
+
+/// The worst row's max |got - want| / max |want| (the error as a fraction of the output's
+/// scale) and the worst row's ||got - want||₂ / ||want||₂, rows being `width` values long.
+pub fn scaled_errors(got: &[f64], want: &[f64], width: usize) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "output sizes differ");
+    assert!(width > 0 && want.len() % width == 0, "width {width}");
+    // NaN, which `f64::max` would drop, counts as the worst.
+    let worse = |m: f64, v: f64| {
+        if m.is_nan() || v.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v)
+        }
+    };
+    let (mut max_over_max, mut relative_l2) = (0f64, 0f64);
+    for (g, w) in got.chunks(width).zip(want.chunks(width)) {
+        let scale = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!(scale > 0.0, "a reference row is all zeros");
+        let worst = g
+            .iter()
+            .zip(w)
+            .fold(0f64, |m, (a, b)| worse(m, (a - b).abs()));
+        let l2 = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt();
+        max_over_max = worse(max_over_max, worst / scale);
+        relative_l2 = worse(relative_l2, l2 / norm);
+    }
+    (max_over_max, relative_l2)
+}
+
+/// A tensor's values as float64, row-major.
+pub fn tensor_values(t: &tch::Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(tch::Kind::Double).reshape([-1])).expect("tensor values")
+}
