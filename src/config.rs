@@ -13,7 +13,7 @@ use serde_yaml::{Mapping, Value};
 use crate::encode::EncoderKind;
 pub use crate::features::FeaturesConfig;
 use crate::model::loss::Distance;
-use crate::model::{Architecture, RfrEval};
+use crate::model::{Architecture, RfrEval, UnchosenExperts};
 use crate::survival::RiskSplitRule;
 
 #[derive(Debug, thiserror::Error)]
@@ -301,8 +301,11 @@ pub struct ModelConfig {
     pub experts: i64,
     pub top_k: i64,
     pub shared_expert: bool,
-    /// Renormalise the top-k router weights to sum to 1 (the release does not).
+    /// Renormalise the top-k router weights to sum to 1 for k > 1 (the release does not).
     pub renormalise_top_k: bool,
+    /// Routed experts no token chose: `step` (the release: zero gradients, stepped by Adam's
+    /// coupled L2) or `freeze` (left out of the step).
+    pub unchosen_experts: UnchosenExperts,
     /// Random feature recombination on (off: s₁ = s₂ = 1 always).
     pub rfr: bool,
     pub rfr_eval: RfrEval,
@@ -326,6 +329,7 @@ impl Default for ModelConfig {
             top_k: 1,
             shared_expert: true,
             renormalise_top_k: false,
+            unchosen_experts: UnchosenExperts::Step,
             rfr: true,
             rfr_eval: RfrEval::Random,
             lambda_decouple: 1.0,
@@ -342,6 +346,24 @@ impl ModelConfig {
             ModelPreset::Paper => 64,
             ModelPreset::Release => 256,
         })
+    }
+}
+
+/// The learning rate over the epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    Poly,
+    Constant,
+}
+
+impl LrSchedule {
+    /// The rate of `epoch` (0-based) of `epochs`.
+    pub fn rate(self, lr: f64, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            Self::Poly => lr * (1.0 - epoch as f64 / epochs as f64).powf(0.9),
+            Self::Constant => lr,
+        }
     }
 }
 
@@ -368,6 +390,9 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Coupled L2 (Adam's weight_decay, not AdamW).
     pub weight_decay: f64,
+    /// `poly`: lr·(1 − e/epochs)^0.9 at epoch e (the release's Engine); `constant`: lr
+    /// throughout (the paper's text, MODEL_SPEC 8.9).
+    pub lr_schedule: LrSchedule,
     /// Samples per optimiser step (1 = a step after every patient, as the release).
     pub accumulate: usize,
     pub selection: Selection,
@@ -387,6 +412,7 @@ impl Default for TrainConfig {
             epochs: 30,
             lr: 5e-4,
             weight_decay: 1e-5,
+            lr_schedule: LrSchedule::Poly,
             accumulate: 1,
             selection: Selection::Last,
             nested_fraction: 0.2,

@@ -2,8 +2,9 @@
 //! (`signatures.csv`) into `cache/genomics.h5`, one row per patient, raw values.
 //!
 //! Group k = {gene + `_mut`, `_cnv`, `_rnaseq` for the family's genes} ∩ the table's columns,
-//! sorted by byte (ASCII) order, as MCAT and the HDMoE release build them. Scaling is not done
-//! here: `fit` standardises on each fold's training patients only.
+//! sorted by byte (ASCII) order, as MCAT and the HDMoE release build them; beside them
+//! `all_genes`, every gene column of the table once (the SNN baseline's input). Scaling is not
+//! done here: `fit` standardises on each fold's training patients only.
 
 pub mod signatures;
 pub mod table;
@@ -20,6 +21,10 @@ pub use signatures::{read_signatures, Signature};
 
 /// File name of the stage's output inside `paths.cache`.
 pub const OUTPUT: &str = "genomics.h5";
+
+/// The dataset of `genomics.h5` holding every gene column of the table once, in table order
+/// (the SNN baseline's input); the groups are the other datasets, named in `group_names`.
+pub const ALL_COLUMNS: &str = "all_genes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenomicsError {
@@ -138,7 +143,7 @@ fn parameters(
         .with("signatures_sha256", digest(signatures)?)
         .with("missing", format!("{:?}", options.missing).to_lowercase())
         .with("release_quirk", options.release_quirk)
-        .with("layout_version", 1))
+        .with("layout_version", 2))
 }
 
 pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError> {
@@ -191,9 +196,7 @@ pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError
         None
     };
     let groups = build_groups(&header, &signatures, dropped, cohort, signatures_path)?;
-    let mut all_columns: Vec<String> = groups.iter().flat_map(|g| g.columns.clone()).collect();
-    all_columns.sort();
-    all_columns.dedup();
+    let all_columns = gene_columns(&header, dropped);
     let patients = table::read_patients(cohort, &all_columns)?;
 
     let mut manifest = Manifest::new(&cache_dir, "genomics");
@@ -249,6 +252,18 @@ pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError
     })
 }
 
+/// Every gene column of the table (suffix `_mut`, `_cnv` or `_rnaseq`) in the table's order,
+/// less the release quirk's column: what MCAT's SNN takes (`genomic_features`), each column
+/// once. The groups' columns are a subset.
+fn gene_columns(header: &[String], dropped: Option<&str>) -> Vec<String> {
+    header
+        .iter()
+        .filter(|c| Some(c.as_str()) != dropped)
+        .filter(|c| table::SUFFIXES.iter().any(|s| c.ends_with(s)))
+        .cloned()
+        .collect()
+}
+
 /// Patients × columns, with blanks filled by the policy (under `error` none are left).
 fn fill_missing(
     patients: &[&table::PatientValues],
@@ -295,15 +310,23 @@ fn write_output(
             .obj_track_times(false)
             .with_data(ids.as_slice())
             .create("case_ids")?;
+        let position: std::collections::HashMap<&str, usize> = all_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let all = file
+            .new_dataset_builder()
+            .obj_track_times(false)
+            .with_data(matrix)
+            .create(ALL_COLUMNS)?;
+        cache::write_str_list_attr(&all, "feature_names", all_columns)?;
         for (index, group) in groups.iter().enumerate() {
+            // Group columns are gene columns of the table, so all present.
             let picks: Vec<usize> = group
                 .columns
                 .iter()
-                .map(|c| {
-                    all_columns
-                        .binary_search(c)
-                        .expect("group columns are in all_columns")
-                })
+                .filter_map(|c| position.get(c.as_str()).copied())
                 .collect();
             let values = matrix
                 .select(ndarray::Axis(1), &picks)

@@ -60,8 +60,28 @@ impl Distance {
     }
 }
 
-/// The five decoupling terms: push (r_G, s_G), (r_P, s_P), (r_F, s_F); pull (r_F, a_spec),
-/// (s_F, a_share).
+/// The five decoupling terms (MODEL_SPEC 4.2): push (r_1, s_1), (r_P, s_P), (r_F, s_F); pull
+/// (r_F, a_spec), (s_F, a_share).
+#[derive(Debug)]
+pub struct Decoupling {
+    pub push_modality1: Tensor,
+    pub push_wsi: Tensor,
+    pub push_fusion: Tensor,
+    pub pull_specific: Tensor,
+    pub pull_shared: Tensor,
+}
+
+impl Decoupling {
+    /// L_dec: the five terms, each with weight 1.
+    pub fn total(&self) -> Tensor {
+        &self.push_modality1
+            + &self.push_wsi
+            + &self.push_fusion
+            + &self.pull_specific
+            + &self.pull_shared
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn decoupling(
     d: Distance,
@@ -73,12 +93,14 @@ pub fn decoupling(
     shared_f: &Tensor,
     align_spec: &Tensor,
     align_share: &Tensor,
-) -> Tensor {
-    d.push(routed_1, shared_1)
-        + d.push(routed_2, shared_2)
-        + d.push(routed_f, shared_f)
-        + d.pull(routed_f, align_spec)
-        + d.pull(shared_f, align_share)
+) -> Decoupling {
+    Decoupling {
+        push_modality1: d.push(routed_1, shared_1),
+        push_wsi: d.push(routed_2, shared_2),
+        push_fusion: d.push(routed_f, shared_f),
+        pull_specific: d.pull(routed_f, align_spec),
+        pull_shared: d.pull(shared_f, align_share),
+    }
 }
 
 /// Hazards h = σ(logits), survival S_k = Π_{j ≤ k}(1 − h_j), risk = −Σ S.

@@ -1,15 +1,18 @@
 //! HDMoE (MODEL_SPEC 2–4) and its unimodal baselines, in libtorch.
 
+pub mod init;
 pub mod loss;
 pub mod moe;
 pub mod nystrom;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
+
 use tch::Tensor;
 
 use loss::Distance;
-use moe::{Moe, MoeOutput};
+pub use moe::UnchosenExperts;
+use moe::{Moe, MoeConfig, MoeOutput};
 use nystrom::{Ppeg, TransLayer};
 
 /// Which model `fit` trains.
@@ -18,7 +21,8 @@ use nystrom::{Ppeg, TransLayer};
 pub enum Architecture {
     /// HDMoE with two modalities; with one modality, that modality's encoder and a linear head.
     Hdmoe,
-    /// MCAT's SNN baseline on all genomic features concatenated (genomics only).
+    /// MCAT's SNN baseline (`models/model_genomic.py`: four SNN blocks of 256, a linear head,
+    /// `init_max_weights`) on every genomic column of the table, once (genomics only).
     Snn,
 }
 
@@ -44,6 +48,7 @@ pub struct ModelSpec {
     pub top_k: i64,
     pub shared_expert: bool,
     pub renormalise_top_k: bool,
+    pub unchosen_experts: UnchosenExperts,
     pub rfr: bool,
     pub rfr_eval: RfrEval,
     pub distance: Distance,
@@ -70,6 +75,7 @@ impl ModelSpec {
             top_k: 1,
             shared_expert: true,
             renormalise_top_k: false,
+            unchosen_experts: UnchosenExperts::Step,
             rfr: true,
             rfr_eval: RfrEval::Random,
             distance: Distance::Cos,
@@ -108,28 +114,38 @@ pub struct Output {
     pub risk: Tensor,
     /// Decoupling loss (0 for unimodal models).
     pub decoupling: Tensor,
+    /// Its five terms (fused models only).
+    pub decoupling_terms: Option<loss::Decoupling>,
     /// Σ of the load-balance losses of the three MoEs (0 at evaluation and for unimodal).
     pub balance: Tensor,
     /// Chosen experts per MoE (level-1 modality 1, level-1 WSI, level 2): [T, K] each.
     pub routing: Vec<Tensor>,
+    /// Router probabilities per MoE, same order: [T, E] each.
+    pub router_probabilities: Vec<Tensor>,
 }
 
-/// Linear with xavier-normal weights and zero bias (the release's init for every Linear).
+/// What a forward pass computes: `train` adds the load-balance loss, `dropout` turns the
+/// dropout layers on. Training is both; the parity harness trains with dropout off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub train: bool,
+    pub dropout: bool,
+}
+
+impl Pass {
+    pub const TRAIN: Pass = Pass {
+        train: true,
+        dropout: true,
+    };
+    pub const EVAL: Pass = Pass {
+        train: false,
+        dropout: false,
+    };
+}
+
+/// Linear with the release's initialisation (xavier-normal weight, zero bias).
 fn linear(vs: nn::Path, input: i64, output: i64) -> nn::Linear {
-    let std = (2.0 / (input + output) as f64).sqrt();
-    nn::linear(
-        vs,
-        input,
-        output,
-        nn::LinearConfig {
-            ws_init: Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-            bs_init: Some(Init::Const(0.0)),
-            bias: true,
-        },
-    )
+    init::xavier_linear(vs, input, output, true)
 }
 
 fn cls_token(vs: &nn::Path, dim: i64) -> Tensor {
@@ -277,18 +293,26 @@ pub struct Hdmoe {
     pub spec: ModelSpec,
     encoder_1: Option<Encoder1>,
     wsi: Option<WsiEncoder>,
-    snn: Option<(SnnBlock, SnnBlock)>,
+    snn: Option<Vec<SnnBlock>>,
     fusion: Option<Fusion>,
     head: nn::Linear,
 }
 
+/// Widths of MCAT's SNN (`size_dict_omic['small']`).
+const SNN_WIDTHS: [i64; 4] = [256, 256, 256, 256];
+
 impl Hdmoe {
+    /// Parameters are named as in the released code's state dict (`HDMoE` in
+    /// `models/hdmoe/network.py`; MCAT's `SNN` for the baseline), so an official checkpoint
+    /// loads by name: see docs/PARAMETERS.md for the full list. The MRI encoder, which the
+    /// release lacks, is named by analogy (`mri_fc`, `mri_encoder`, `mri_moe`).
     pub fn new(vs: &nn::Path, spec: ModelSpec) -> Self {
         let d = spec.dim;
+        // SNN_Block is nn.Sequential(Linear, ELU, AlphaDropout): its Linear is `<block>.0`.
         let snn = |vs: nn::Path, input: i64| {
             (
-                SnnBlock(linear(&vs / "0", input, 1024)),
-                SnnBlock(linear(&vs / "1", 1024, d)),
+                SnnBlock(linear(&vs / "0" / "0", input, 1024)),
+                SnnBlock(linear(&vs / "1" / "0", 1024, d)),
             )
         };
         let encoder_1 = match (spec.architecture, spec.modality_1) {
@@ -297,63 +321,67 @@ impl Hdmoe {
                     .genomic_groups
                     .iter()
                     .enumerate()
-                    .map(|(i, &n)| snn(vs / "genomic" / "snn" / i, n))
+                    .map(|(i, &n)| snn(vs / "genomics_fc" / i, n))
                     .collect(),
-                trans: TransG::new(vs / "genomic" / "trans", &spec),
+                trans: TransG::new(vs / "genomics_encoder", &spec),
             }),
             (Architecture::Hdmoe, Some(Modality1::Mri)) => Some(Encoder1::Mri {
-                embed: linear(vs / "mri" / "embed", spec.mri_dim, d),
-                trans: TransG::new(vs / "mri" / "trans", &spec),
+                embed: linear(vs / "mri_fc" / "0", spec.mri_dim, d),
+                trans: TransG::new(vs / "mri_encoder", &spec),
             }),
             _ => None,
         };
+        // pathomics_fc is nn.Sequential(Linear, ReLU, Dropout, Linear, ReLU, Dropout).
         let wsi = (spec.architecture == Architecture::Hdmoe && spec.wsi).then(|| WsiEncoder {
-            fc1: linear(vs / "wsi" / "fc1", spec.wsi_dim, d),
-            fc2: linear(vs / "wsi" / "fc2", d, d),
-            trans: TransMil::new(vs / "wsi" / "trans", &spec),
+            fc1: linear(vs / "pathomics_fc" / "0", spec.wsi_dim, d),
+            fc2: linear(vs / "pathomics_fc" / "3", d, d),
+            trans: TransMil::new(vs / "pathomics_encoder", &spec),
         });
         let snn_baseline = (spec.architecture == Architecture::Snn).then(|| {
             let total: i64 = spec.genomic_groups.iter().sum();
-            (
-                SnnBlock(linear(vs / "snn" / "0", total, d)),
-                SnnBlock(linear(vs / "snn" / "1", d, d)),
-            )
+            let mut width = total;
+            SNN_WIDTHS
+                .iter()
+                .enumerate()
+                .map(|(k, &w)| {
+                    let block = SnnBlock(init::max_linear(vs / "fc_omic" / k / "0", width, w));
+                    width = w;
+                    block
+                })
+                .collect()
         });
         let fused = encoder_1.is_some() && wsi.is_some();
         let g = spec.token_length;
+        let moe = |path: nn::Path, output: i64| {
+            Moe::new(
+                path,
+                MoeConfig {
+                    input: g,
+                    output,
+                    experts: spec.experts,
+                    top_k: spec.top_k,
+                    shared: spec.shared_expert,
+                    renormalise: spec.renormalise_top_k,
+                    unchosen: spec.unchosen_experts,
+                },
+            )
+        };
+        let moe_1_name = match spec.modality_1 {
+            Some(Modality1::Mri) => "mri_moe",
+            _ => "genomics_moe",
+        };
         let fusion = fused.then(|| Fusion {
-            moe_1: Moe::new(
-                vs / "moe_1",
-                g,
-                g,
-                spec.experts,
-                spec.top_k,
-                spec.shared_expert,
-                spec.renormalise_top_k,
-            ),
-            moe_wsi: Moe::new(
-                vs / "moe_wsi",
-                g,
-                g,
-                spec.experts,
-                spec.top_k,
-                spec.shared_expert,
-                spec.renormalise_top_k,
-            ),
-            moe_f: Moe::new(
-                vs / "moe_f",
-                g,
-                g / 2,
-                spec.experts,
-                spec.top_k,
-                spec.shared_expert,
-                spec.renormalise_top_k,
-            ),
-            align_spec: linear(vs / "align_spec", 2 * d, 2 * d),
-            align_share: linear(vs / "align_share", 2 * d, 2 * d),
+            moe_1: moe(vs / moe_1_name, g),
+            moe_wsi: moe(vs / "pathomics_moe", g),
+            moe_f: moe(vs / "fusion_moe", g / 2),
+            align_spec: linear(vs / "emb1", 2 * d, 2 * d),
+            align_share: linear(vs / "emb2", 2 * d, 2 * d),
         });
-        let head_in = if fused { 4 * d } else { d };
-        let head = linear(vs / "classifier", head_in, 4);
+        let head = if snn_baseline.is_some() {
+            init::max_linear(vs / "classifier", SNN_WIDTHS[3], 4)
+        } else {
+            linear(vs / "classifier", if fused { 4 * d } else { d }, 4)
+        };
         Self {
             spec,
             encoder_1,
@@ -366,8 +394,16 @@ impl Hdmoe {
 
     /// One patient. `segments` = (s₁, s₂) for the two RFR steps (1, 1 = no recombination).
     pub fn forward(&self, inputs: &Inputs, segments: (i64, i64), train: bool) -> Output {
+        let pass = if train { Pass::TRAIN } else { Pass::EVAL };
+        self.forward_pass(inputs, segments, pass)
+    }
+
+    pub fn forward_pass(&self, inputs: &Inputs, segments: (i64, i64), pass: Pass) -> Output {
         let zero = || Tensor::zeros([], (self.head.ws.kind(), self.head.ws.device()));
+        let train = pass.dropout;
         let mut routing = Vec::new();
+        let mut router_probabilities = Vec::new();
+        let mut decoupling_terms = None;
         let (z, decoupling, balance) = if let Some(fusion) = &self.fusion {
             let v1 = self
                 .encoder_1
@@ -387,7 +423,7 @@ impl Hdmoe {
             );
             let mf = fusion.moe_f.forward(&u.view([-1, g]), train);
             let z = moe::recombine(&[&mf.routed, &mf.shared], segments.1);
-            let decoupling = loss::decoupling(
+            let terms = loss::decoupling(
                 self.spec.distance,
                 &m1.routed,
                 &m1.shared,
@@ -398,7 +434,9 @@ impl Hdmoe {
                 &a_spec,
                 &a_share,
             );
-            let balance = if train {
+            let decoupling = terms.total();
+            decoupling_terms = Some(terms);
+            let balance = if pass.train {
                 [&m1, &m2, &mf]
                     .iter()
                     .map(|m: &&MoeOutput| moe::load_balance(m, self.spec.top_k))
@@ -408,12 +446,14 @@ impl Hdmoe {
             };
             for m in [m1, m2, mf] {
                 routing.push(m.chosen);
+                router_probabilities.push(m.probabilities);
             }
             (z, decoupling, balance)
-        } else if let Some((a, b)) = &self.snn {
+        } else if let Some(blocks) = &self.snn {
             let groups = inputs.genomics.as_ref().expect("genomic inputs");
             let x = Tensor::cat(groups, 0);
-            (b.forward(&a.forward(&x, train), train), zero(), zero())
+            let h = blocks.iter().fold(x, |h, b| b.forward(&h, train));
+            (h, zero(), zero())
         } else if let Some(e) = &self.encoder_1 {
             (e.forward(inputs, train), zero(), zero())
         } else {
@@ -435,8 +475,10 @@ impl Hdmoe {
             survival,
             risk,
             decoupling,
+            decoupling_terms,
             balance,
             routing,
+            router_probabilities,
         }
     }
 

@@ -1,7 +1,21 @@
 //! The mixture of experts and the random feature recombination (MODEL_SPEC 3.1–3.7).
 
+use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
+
+use super::init;
+
+/// What happens to the routed experts that no token of a forward pass chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnchosenExperts {
+    /// The release: every expert runs, the unchosen ones on an empty batch, so they are in the
+    /// graph with zero gradients and Adam's coupled L2 still steps them (their weights decay).
+    Step,
+    /// Left out of the graph: no gradient, no optimiser step (frozen until chosen).
+    Freeze,
+}
 
 /// Expert FFN: Linear(in→hidden) → ReLU → Dropout(0.1) → Linear(hidden→out) → ReLU.
 #[derive(Debug)]
@@ -13,8 +27,8 @@ struct Expert {
 impl Expert {
     fn new(vs: nn::Path, input: i64, hidden: i64, output: i64) -> Self {
         Self {
-            fc1: nn::linear(&vs / "fc1", input, hidden, Default::default()),
-            fc2: nn::linear(&vs / "fc2", hidden, output, Default::default()),
+            fc1: init::xavier_linear(&vs / "layer1", input, hidden, true),
+            fc2: init::xavier_linear(&vs / "layer2", hidden, output, true),
         }
     }
 
@@ -47,33 +61,45 @@ pub struct Moe {
     router: nn::Linear,
     top_k: i64,
     renormalise: bool,
+    unchosen: UnchosenExperts,
     output: i64,
 }
 
+/// How one MoE is built.
+#[derive(Debug, Clone, Copy)]
+pub struct MoeConfig {
+    pub input: i64,
+    pub output: i64,
+    pub experts: i64,
+    pub top_k: i64,
+    pub shared: bool,
+    /// Renormalise the top-k weights to sum to 1 (only meaningful, and only done, for k > 1).
+    pub renormalise: bool,
+    pub unchosen: UnchosenExperts,
+}
+
 impl Moe {
-    pub fn new(
-        vs: nn::Path,
-        input: i64,
-        output: i64,
-        experts: i64,
-        top_k: i64,
-        shared: bool,
-        renormalise: bool,
-    ) -> Self {
+    /// Parameter names as the release's `MoE`: `experts.<e>.layer{1,2}`, `shared_experts.…`,
+    /// `gate.weight` (no bias).
+    pub fn new(vs: nn::Path, c: MoeConfig) -> Self {
         let hidden = 128;
         let router_config = nn::LinearConfig {
+            ws_init: init::torch_default_uniform(c.input),
+            bs_init: None,
             bias: false,
-            ..Default::default()
         };
         Self {
-            experts: (0..experts)
-                .map(|e| Expert::new(&vs / "experts" / e, input, hidden, output))
+            experts: (0..c.experts)
+                .map(|e| Expert::new(&vs / "experts" / e, c.input, hidden, c.output))
                 .collect(),
-            shared: shared.then(|| Expert::new(&vs / "shared", input, hidden, output)),
-            router: nn::linear(&vs / "router", input, experts, router_config),
-            top_k,
-            renormalise,
-            output,
+            shared: c
+                .shared
+                .then(|| Expert::new(&vs / "shared_experts", c.input, hidden, c.output)),
+            router: nn::linear(&vs / "gate", c.input, c.experts, router_config),
+            top_k: c.top_k,
+            renormalise: c.renormalise,
+            unchosen: c.unchosen,
+            output: c.output,
         }
     }
 
@@ -82,13 +108,16 @@ impl Moe {
         let t = tokens.size()[0];
         let probabilities = tokens.apply(&self.router).softmax(-1, tokens.kind());
         let (top, chosen) = probabilities.topk(self.top_k, -1, true, true);
-        let top = if self.renormalise {
+        // As the release (`norm_topk_prob` only applies for k > 1): with top-1 the weight stays
+        // the raw probability, which keeps the router in the task loss's graph.
+        let top = if self.renormalise && self.top_k > 1 {
             &top / top.sum_dim_intlist(-1, true, top.kind())
         } else {
             top
         };
-        // Sparse dispatch: each expert runs on the tokens routed to it, so unchosen experts are
-        // not in the graph and get no gradient (and no Adam step), as in the reference.
+        // Sparse dispatch: each expert runs on the tokens routed to it. An expert no token chose
+        // runs on an empty batch under `Step` (the release's loop), which puts it in the graph
+        // with zero gradients; under `Freeze` it is skipped.
         let chosen_list = Vec::<i64>::try_from(chosen.flatten(0, -1)).unwrap_or_default();
         let weights = top.flatten(0, -1);
         let mut routed = Tensor::zeros([t, self.output], (tokens.kind(), tokens.device()));
@@ -96,7 +125,7 @@ impl Moe {
             let slots: Vec<i64> = (0..chosen_list.len() as i64)
                 .filter(|&k| chosen_list[k as usize] == e as i64)
                 .collect();
-            if slots.is_empty() {
+            if slots.is_empty() && self.unchosen == UnchosenExperts::Freeze {
                 continue;
             }
             let slots = Tensor::from_slice(&slots).to_device(tokens.device());
@@ -214,10 +243,85 @@ mod tests {
     }
 
     #[test]
+    fn top1_is_never_renormalised_so_the_router_stays_in_the_graph() {
+        tch::manual_seed(4);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let moe = Moe::new(
+            vs.root(),
+            MoeConfig {
+                input: 8,
+                output: 4,
+                experts: 3,
+                top_k: 1,
+                shared: true,
+                renormalise: true,
+                unchosen: UnchosenExperts::Step,
+            },
+        );
+        let tokens = Tensor::randn([1, 8], (Kind::Float, tch::Device::Cpu));
+        let out = moe.forward(&tokens, false);
+        let e = out.chosen.int64_value(&[0, 0]);
+        let p = out.probabilities.double_value(&[0, e]);
+        assert!(p < 1.0);
+        let direct = moe.experts[e as usize].forward(&tokens.get(0), false) * p;
+        assert!((&out.routed - direct).abs().max().double_value(&[]) < 1e-6);
+        // The task loss reaches the router through the raw weight.
+        let grads = Tensor::run_backward(
+            &[out.routed.sum(Kind::Float)],
+            &[&moe.router.ws],
+            false,
+            false,
+        );
+        assert!(grads[0].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn unchosen_experts_get_zero_gradients_under_step_and_none_under_freeze() {
+        for unchosen in [UnchosenExperts::Step, UnchosenExperts::Freeze] {
+            tch::manual_seed(5);
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let config = MoeConfig {
+                input: 8,
+                output: 4,
+                experts: 3,
+                top_k: 1,
+                shared: true,
+                renormalise: false,
+                unchosen,
+            };
+            let moe = Moe::new(vs.root(), config);
+            let tokens = Tensor::randn([1, 8], (Kind::Float, tch::Device::Cpu));
+            let out = moe.forward(&tokens, true);
+            let e = out.chosen.int64_value(&[0, 0]) as usize;
+            let other = (e + 1) % 3;
+            let w = &moe.experts[other].fc1.ws;
+            let grads = Tensor::run_backward(&[out.routed.sum(Kind::Float)], &[w], false, false);
+            match unchosen {
+                UnchosenExperts::Step => {
+                    assert!(grads[0].defined());
+                    assert_eq!(grads[0].abs().sum(Kind::Float).double_value(&[]), 0.0);
+                }
+                UnchosenExperts::Freeze => assert!(!grads[0].defined()),
+            }
+        }
+    }
+
+    #[test]
     fn routed_output_is_the_raw_top1_probability_times_the_expert() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let moe = Moe::new(vs.root(), 8, 4, 3, 1, true, false);
+        let moe = Moe::new(
+            vs.root(),
+            MoeConfig {
+                input: 8,
+                output: 4,
+                experts: 3,
+                top_k: 1,
+                shared: true,
+                renormalise: false,
+                unchosen: UnchosenExperts::Step,
+            },
+        );
         let tokens = Tensor::randn([2, 8], (Kind::Float, tch::Device::Cpu));
         let out = moe.forward(&tokens, false);
         assert_eq!(out.routed.size(), vec![8]);

@@ -6,6 +6,8 @@
 use tch::nn;
 use tch::Tensor;
 
+use super::init;
+
 /// The iterative Moore–Penrose pseudo-inverse of a batch of square matrices (…, m, m).
 /// The initial scale uses the maxima over the whole batch, as the reference does.
 pub fn iterative_pinv(x: &Tensor, iterations: usize) -> Tensor {
@@ -41,24 +43,23 @@ impl NystromAttention {
     /// `dim` = heads × dim_head; landmarks = dim / 2 in the release.
     pub fn new(vs: nn::Path, dim: i64, heads: i64, landmarks: i64) -> Self {
         let dim_head = dim / heads;
-        let no_bias = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
-        let conv = nn::ConvConfigND {
-            padding: [16, 0],
-            groups: heads,
-            bias: false,
-            ..Default::default()
-        };
         Self {
             heads,
             dim_head,
             landmarks,
             pinv_iterations: 6,
-            to_qkv: nn::linear(&vs / "to_qkv", dim, 3 * dim, no_bias),
-            to_out: nn::linear(&vs / "to_out", dim, dim, Default::default()),
-            res_conv: nn::conv(&vs / "res_conv", heads, heads, [33, 1], conv),
+            to_qkv: init::xavier_linear(&vs / "to_qkv", dim, 3 * dim, false),
+            // `to_out` is nn.Sequential(Linear, Dropout) in the release: the Linear is `to_out.0`.
+            to_out: init::xavier_linear(&vs / "to_out" / "0", dim, dim, true),
+            res_conv: init::torch_conv2d(
+                &vs / "res_conv",
+                heads,
+                heads,
+                [33, 1],
+                [16, 0],
+                heads,
+                false,
+            ),
             dropout: 0.1,
         }
     }
@@ -135,12 +136,7 @@ pub struct Ppeg {
 impl Ppeg {
     pub fn new(vs: nn::Path, dim: i64) -> Self {
         let conv = |name: &str, k: i64| {
-            let config = nn::ConvConfig {
-                padding: k / 2,
-                groups: dim,
-                ..Default::default()
-            };
-            nn::conv2d(&vs / name, dim, dim, k, config)
+            init::torch_conv2d(&vs / name, dim, dim, [k, k], [k / 2, k / 2], dim, true)
         };
         Self {
             convs: vec![conv("proj", 7), conv("proj1", 5), conv("proj2", 3)],

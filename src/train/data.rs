@@ -37,7 +37,9 @@ pub struct Genomics {
 }
 
 impl Genomics {
-    pub fn read(path: &Path) -> Result<Self, DataError> {
+    /// The six groups, or with `all_genes` the single vector of every gene column (the SNN
+    /// baseline's input).
+    pub fn read(path: &Path, all_genes: bool) -> Result<Self, DataError> {
         let e = |x: hdf5::Error| file_error(path, format!("{x} (run `hdmoe-pipe genomics` first)"));
         let file = hdf5::File::open(path).map_err(e)?;
         let ids: Vec<String> = file
@@ -47,7 +49,20 @@ impl Genomics {
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect();
-        let names = cache::read_str_list_attr(&file, "group_names").map_err(e)?;
+        let names = if all_genes {
+            if file.dataset(crate::genomics::ALL_COLUMNS).is_err() {
+                return Err(file_error(
+                    path,
+                    format!(
+                        "has no `{}` dataset (written by an older version); rerun `hdmoe-pipe genomics --force`",
+                        crate::genomics::ALL_COLUMNS
+                    ),
+                ));
+            }
+            vec![crate::genomics::ALL_COLUMNS.to_owned()]
+        } else {
+            cache::read_str_list_attr(&file, "group_names").map_err(e)?
+        };
         let groups = names
             .iter()
             .map(|n| file.dataset(n).and_then(|d| d.read_2d::<f64>()))
@@ -60,7 +75,8 @@ impl Genomics {
     }
 }
 
-/// Per-group column means and standard deviations (ddof 0; 0 → 1) of the training patients.
+/// Per-group column means and standard deviations of the training patients, by
+/// scikit-learn's `StandardScaler` rule (ddof 0; a constant column scales by 1).
 pub struct Scaler {
     pub mean: Vec<Vec<f64>>,
     pub std: Vec<Vec<f64>>,
@@ -71,29 +87,51 @@ impl Scaler {
         let mut mean = Vec::new();
         let mut std = Vec::new();
         for group in &genomics.groups {
-            let cols = group.ncols();
-            let n = rows.len().max(1) as f64;
-            let mut m = vec![0.0; cols];
-            let mut s = vec![0.0; cols];
-            for &r in rows {
-                for c in 0..cols {
-                    m[c] += group[[r, c]] / n;
-                }
-            }
-            for &r in rows {
-                for c in 0..cols {
-                    s[c] += (group[[r, c]] - m[c]).powi(2) / n;
-                }
-            }
-            let s: Vec<f64> = s
-                .into_iter()
-                .map(|v| if v > 0.0 { v.sqrt() } else { 1.0 })
-                .collect();
+            let (m, s): (Vec<f64>, Vec<f64>) = (0..group.ncols())
+                .map(|c| column_mean_scale(rows.iter().map(|&r| group[[r, c]])))
+                .unzip();
             mean.push(m);
             std.push(s);
         }
         Self { mean, std }
     }
+}
+
+/// Mean and scale of one column as scikit-learn computes them: the variance with the
+/// rounding correction of `_incremental_mean_and_var`, and a column whose variance is within
+/// float64 rounding of zero (`_is_constant_feature`) or whose scale is below 10·eps scales by 1.
+/// A naive Σx/n mean leaves a constant column a spurious std of ~1e-16, which turns any other
+/// value of a validation patient into ±1e14.
+fn column_mean_scale(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let n = values.clone().count();
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let nf = n as f64;
+    let mean = values.clone().sum::<f64>() / nf;
+    let correction: f64 = values.clone().map(|x| x - mean).sum();
+    let squares: f64 = values.map(|x| (x - mean).powi(2)).sum();
+    let variance = ((squares - correction * correction / nf) / nf).max(0.0);
+    let eps = f64::EPSILON;
+    let constant = variance <= nf * eps * variance + (nf * mean * eps).powi(2);
+    let scale = variance.sqrt();
+    if constant || scale < 10.0 * eps {
+        (mean, 1.0)
+    } else {
+        (mean, scale)
+    }
+}
+
+/// At most `k` of a bag's patches, drawn without replacement and kept in the drawn (random)
+/// order, as the release's `np.random.choice(n, k, replace=False)`: TransMIL's square padding
+/// and PPEG see the patches in this order.
+pub fn subsample(bag: Tensor, k: usize, rng: &mut ChaCha8Rng) -> Tensor {
+    let n = bag.size()[0] as usize;
+    if n <= k {
+        return bag;
+    }
+    let keep: Vec<i64> = sample(rng, n, k).into_iter().map(|i| i as i64).collect();
+    bag.index_select(0, &Tensor::from_slice(&keep))
 }
 
 /// The cohort with, for each patient, where each modality comes from.
@@ -164,7 +202,8 @@ impl Dataset {
         };
 
         let genomics = if modalities.contains(&Modality::Genomics) {
-            let g = Genomics::read(&cache_dir.join(crate::genomics::OUTPUT))?;
+            let all_genes = config.model.architecture == crate::model::Architecture::Snn;
+            let g = Genomics::read(&cache_dir.join(crate::genomics::OUTPUT), all_genes)?;
             for (i, p) in cohort.patients.iter().enumerate() {
                 if !g.rows.contains_key(&p.case_id) {
                     note(i, "no row in genomics.h5".into());
@@ -285,15 +324,9 @@ impl Dataset {
                     .map(|path| read_features(path))
                     .collect::<Result<Vec<_>, _>>()?;
                 let bag = Tensor::cat(&parts, 0);
-                let n = bag.size()[0] as usize;
                 Some(match max_patches {
-                    Some(k) if n > k => {
-                        let mut keep: Vec<i64> =
-                            sample(rng, n, k).into_iter().map(|i| i as i64).collect();
-                        keep.sort_unstable();
-                        bag.index_select(0, &Tensor::from_slice(&keep))
-                    }
-                    _ => bag,
+                    Some(k) => subsample(bag, k, rng),
+                    None => bag,
                 })
             }
             None => None,
@@ -308,5 +341,67 @@ impl Dataset {
             None => None,
         };
         Ok(Inputs { wsi, genomics, mri })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn genomics(columns: Vec<Vec<f64>>) -> Genomics {
+        let rows = columns[0].len();
+        let mut m = Array2::<f64>::zeros((rows, columns.len()));
+        for (c, col) in columns.iter().enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                m[[r, c]] = *v;
+            }
+        }
+        Genomics {
+            rows: HashMap::new(),
+            groups: vec![m],
+        }
+    }
+
+    #[test]
+    fn a_constant_column_scales_by_one_as_scikit_learn() {
+        // 296 training patients (about a BLCA fold) with the same non-zero value: Σ(x/n)
+        // left a std of 7e-16, and a validation value of 0.2 became 1.4e14.
+        let n = 296;
+        let g = genomics(vec![vec![0.1; n], (0..n).map(|i| (i % 4) as f64).collect()]);
+        let rows: Vec<usize> = (0..n).collect();
+        let s = Scaler::fit(&g, &rows);
+        assert_eq!(s.std[0][0], 1.0);
+        assert!((s.mean[0][0] - 0.1).abs() < 1e-15);
+        assert!(((0.2 - s.mean[0][0]) / s.std[0][0] - 0.1).abs() < 1e-12);
+        // A varying column: population std (ddof 0) of 0,1,2,3 repeated = √1.25.
+        assert!((s.mean[0][1] - 1.5).abs() < 1e-12);
+        assert!((s.std[0][1] - 1.25f64.sqrt()).abs() < 1e-12);
+        // All-zero and single-patient columns scale by 1 too.
+        let g = genomics(vec![vec![0.0; 5], vec![3.0]]);
+        let s = Scaler::fit(&g, &[0]);
+        assert_eq!(s.std[0], vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn subsampled_bags_keep_the_drawn_order() {
+        let bag = Tensor::arange(1000, (tch::Kind::Int64, tch::Device::Cpu)).unsqueeze(-1);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let kept =
+            Vec::<i64>::try_from(subsample(bag.shallow_clone(), 100, &mut rng).flatten(0, -1))
+                .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let drawn: Vec<i64> = sample(&mut rng, 1000, 100)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
+        assert_eq!(kept, drawn);
+        assert!(
+            kept.windows(2).any(|w| w[0] > w[1]),
+            "the drawn order, not sorted"
+        );
+        // Bags no larger than k are kept whole, in order.
+        let small = subsample(bag.narrow(0, 0, 50), 100, &mut rng);
+        assert_eq!(small.size(), vec![50, 1]);
     }
 }

@@ -1,0 +1,582 @@
+//! Our HDMoE and SNN against the official code (fixtures/parity/make_reference.py runs
+//! ZJUMAI/HDMoE's `HDMoE` and MCAT's `SNN` on name-hashed weights, in float64): weights load by
+//! the official parameter names; eval outputs to 1e-6, train-mode gradients (dropout off) and
+//! four Adam steps to 1e-5 relative; each parameter's initial distribution as the release's.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::fixture;
+use hdmoe_pipe::model::loss::nll_survival;
+use hdmoe_pipe::model::{Architecture, Hdmoe, Inputs, Modality1, ModelSpec, Pass, UnchosenExperts};
+use hdmoe_pipe::train::adam::Adam;
+use serde_json::Value;
+use tch::{nn, Device, Kind, Tensor};
+
+fn load(name: &str) -> Value {
+    let path = fixture(&format!("parity/{name}"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("parity fixture")).unwrap()
+}
+
+fn fnv1a32(name: &str) -> u64 {
+    let mut h: u64 = 0x811C_9DC5;
+    for byte in name.bytes() {
+        h ^= u64::from(byte);
+        h = (h * 0x0100_0193) & 0xFFFF_FFFF;
+    }
+    h
+}
+
+fn uniform(name: &str, n: usize) -> Vec<f64> {
+    let base = fnv1a32(name);
+    (0..n as u64)
+        .map(|i| {
+            let mut h = (i * 0x9E37_79B1 + base) & 0xFFFF_FFFF;
+            h ^= h >> 16;
+            h = (h * 0x045D_9F3B) & 0xFFFF_FFFF;
+            h ^= h >> 16;
+            h as f64 / 4_294_967_296.0
+        })
+        .collect()
+}
+
+/// make_reference.py's `hashed`: a parameter's value from its official name and shape.
+fn hashed(name: &str, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    let fan_in = n / shape.first().copied().unwrap_or(1).max(1);
+    let v: Vec<f64> = uniform(name, n as usize)
+        .into_iter()
+        .map(|u| match leaf {
+            "bias" => 0.2 * u - 0.1,
+            "weight" if shape.len() == 1 => 0.8 + 0.4 * u,
+            "weight" => (2.0 * u - 1.0) * (6.0 / fan_in as f64).sqrt(),
+            _ => 2.0 * u - 1.0,
+        })
+        .collect();
+    Tensor::from_slice(&v).reshape(shape)
+}
+
+fn hashed_uniform(name: &str, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let v: Vec<f64> = uniform(name, n as usize)
+        .into_iter()
+        .map(|u| 2.0 * u - 1.0)
+        .collect();
+    Tensor::from_slice(&v).reshape(shape)
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn as_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+/// |got − want| ≤ tol · (|want| + floor): relative, with an absolute floor for values that
+/// are zero or cancel (a gradient's sum or probe product).
+fn check(got: f64, want: f64, tol: f64, floor: f64, what: &str, worst: &mut f64) {
+    let error = (got - want).abs() / (want.abs() + floor);
+    *worst = worst.max(error);
+    assert!(error <= tol, "{what}: got {got:e}, want {want:e}");
+}
+
+/// The per-tensor summary make_reference.py records: sum, norm, probe product, four elements.
+fn check_summary(name: &str, t: &Tensor, want: &Value, tol: f64, what: &str, worst: &mut f64) {
+    let flat = as_vec(t);
+    let n = flat.len();
+    let norm = flat.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let sum: f64 = flat.iter().sum();
+    let probe: f64 = uniform(&format!("probe:{name}"), n)
+        .iter()
+        .zip(&flat)
+        .map(|(u, x)| (2.0 * u - 1.0) * x)
+        .sum();
+    let want_norm = want["norm"].as_f64().unwrap();
+    // |sum| ≤ √n‖x‖ and |probe| ≤ ‖x‖‖p‖ ≈ ‖x‖√(n/3): cancellation floors scaled to those.
+    let floor = 1e-6 * want_norm * (n as f64).sqrt() + 1e-300;
+    check(
+        norm,
+        want_norm,
+        tol,
+        1e-300,
+        &format!("{what} {name} norm"),
+        worst,
+    );
+    check(
+        sum,
+        want["sum"].as_f64().unwrap(),
+        tol,
+        floor,
+        &format!("{what} {name} sum"),
+        worst,
+    );
+    check(
+        probe,
+        want["probe"].as_f64().unwrap(),
+        tol,
+        floor,
+        &format!("{what} {name} probe"),
+        worst,
+    );
+    for e in want["elements"].as_array().unwrap() {
+        let k = e[0].as_u64().unwrap() as usize;
+        let element_floor = 1e-6 * want_norm / (n as f64).sqrt() + 1e-300;
+        check(
+            flat[k],
+            e[1].as_f64().unwrap(),
+            tol,
+            element_floor,
+            &format!("{what} {name}[{k}]"),
+            worst,
+        );
+    }
+}
+
+fn groups(reference: &Value) -> Vec<i64> {
+    reference["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_i64().unwrap())
+        .collect()
+}
+
+fn release_spec(reference: &Value, unchosen: UnchosenExperts) -> ModelSpec {
+    let mut spec = ModelSpec::wsi_genomics(
+        groups(reference),
+        reference["token_length"].as_i64().unwrap(),
+    );
+    spec.unchosen_experts = unchosen;
+    spec
+}
+
+/// Our model in float64 with the reference's hashed weights, copied in by official name.
+/// Every parameter we have must be one of the official ones with the same shape and vice versa:
+/// that is the name map (docs/PARAMETERS.md).
+fn build(
+    spec: ModelSpec,
+    official: &serde_json::Map<String, Value>,
+) -> (nn::VarStore, Hdmoe, Vec<String>, Vec<Tensor>) {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = Hdmoe::new(&vs.root(), spec);
+    vs.double();
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let ours: BTreeSet<&str> = variables.iter().map(|(n, _)| n.as_str()).collect();
+    let theirs: BTreeSet<&str> = official.keys().map(String::as_str).collect();
+    assert_eq!(
+        ours.symmetric_difference(&theirs).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "parameter names differ from the official state dict's"
+    );
+    tch::no_grad(|| {
+        for (name, var) in &variables {
+            let shape: Vec<i64> = official[name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_i64().unwrap())
+                .collect();
+            assert_eq!(var.size(), shape, "{name}: shape");
+            var.shallow_clone().copy_(&hashed(name, &shape));
+        }
+    });
+    let (names, params): (Vec<String>, Vec<Tensor>) = variables.into_iter().unzip();
+    (vs, model, names, params)
+}
+
+fn inputs(case: &Value, groups: &[i64]) -> Inputs {
+    let patches = case["patches"].as_i64().unwrap();
+    Inputs {
+        wsi: Some(hashed_uniform(
+            &format!("input.wsi.{patches}"),
+            &[patches, 1024],
+        )),
+        genomics: Some(
+            groups
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| hashed_uniform(&format!("input.omic{}", i + 1), &[n]))
+                .collect(),
+        ),
+        mri: None,
+    }
+}
+
+fn segments(case: &Value) -> (i64, i64) {
+    (case["s1"].as_i64().unwrap(), case["s2"].as_i64().unwrap())
+}
+
+const TRAIN_NO_DROPOUT: Pass = Pass {
+    train: true,
+    dropout: false,
+};
+
+/// engine.py's total: NLL + α·(dis1 + dis2) + 0.01·(Σ load balance), α = 1.
+fn total_loss(out: &hdmoe_pipe::model::Output, case: &Value) -> Tensor {
+    let nll = nll_survival(
+        &out.hazards,
+        &out.survival,
+        case["time_bin"].as_i64().unwrap(),
+        case["censored"].as_bool().unwrap(),
+    );
+    nll + &out.decoupling + &out.balance * 0.01
+}
+
+fn chosen(out: &hdmoe_pipe::model::Output) -> Vec<Vec<i64>> {
+    out.routing
+        .iter()
+        .map(|c| Vec::<i64>::try_from(c.flatten(0, -1)).unwrap())
+        .collect()
+}
+
+fn chosen_json(v: &Value) -> Vec<Vec<i64>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_i64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn hdmoe_eval_outputs_and_gradients_equal_the_released_code() {
+    let reference = load("hdmoe_reference.json");
+    let official = reference["parameters"].as_object().unwrap();
+    let groups = groups(&reference);
+    let (_vs, model, names, params) =
+        build(release_spec(&reference, UnchosenExperts::Step), official);
+    let (mut worst_eval, mut worst_grad) = (0.0f64, 0.0f64);
+    for case in reference["cases"].as_array().unwrap() {
+        let patches = case["patches"].as_i64().unwrap();
+        let x = inputs(case, &groups);
+        // Eval, RFR fixed to the reference's draws.
+        let want = &case["eval"];
+        let out = tch::no_grad(|| model.forward_pass(&x, segments(case), Pass::EVAL));
+        for (key, got) in [
+            ("logits", &out.logits),
+            ("hazards", &out.hazards),
+            ("survival", &out.survival),
+        ] {
+            for (g, w) in as_vec(got).iter().zip(floats(&want[key])) {
+                check(
+                    *g,
+                    w,
+                    1e-6,
+                    1e-12,
+                    &format!("{patches} patches: {key}"),
+                    &mut worst_eval,
+                );
+            }
+        }
+        check(
+            out.risk.double_value(&[]),
+            want["risk"].as_f64().unwrap(),
+            1e-6,
+            0.0,
+            &format!("{patches} patches: risk"),
+            &mut worst_eval,
+        );
+        let terms = out.decoupling_terms.as_ref().expect("fused model");
+        for (key, got) in [
+            ("push_modality1", &terms.push_modality1),
+            ("push_wsi", &terms.push_wsi),
+            ("push_fusion", &terms.push_fusion),
+            ("pull_specific", &terms.pull_specific),
+            ("pull_shared", &terms.pull_shared),
+        ] {
+            check(
+                got.double_value(&[]),
+                want["decoupling"][key].as_f64().unwrap(),
+                1e-6,
+                1e-12,
+                &format!("{patches} patches: {key}"),
+                &mut worst_eval,
+            );
+        }
+        for (m, (got, w)) in out
+            .router_probabilities
+            .iter()
+            .zip(want["router"].as_array().unwrap())
+            .enumerate()
+        {
+            for (g, w) in as_vec(got).iter().zip(floats(w)) {
+                check(
+                    *g,
+                    w,
+                    1e-6,
+                    1e-12,
+                    &format!("{patches} patches: router {m}"),
+                    &mut worst_eval,
+                );
+            }
+        }
+        assert_eq!(
+            chosen(&out),
+            chosen_json(&want["chosen"]),
+            "{patches} patches: chosen experts"
+        );
+        assert_eq!(
+            out.balance.double_value(&[]),
+            0.0,
+            "no load balance at evaluation"
+        );
+
+        // Train mode, dropout off: losses and every parameter's gradient.
+        let want = &case["train"];
+        let out = model.forward_pass(&x, segments(case), TRAIN_NO_DROPOUT);
+        assert_eq!(
+            chosen(&out),
+            chosen_json(&want["chosen"]),
+            "{patches} patches: chosen (train)"
+        );
+        check(
+            out.balance.double_value(&[]),
+            want["loss_balance"].as_f64().unwrap(),
+            1e-6,
+            0.0,
+            "load balance",
+            &mut worst_eval,
+        );
+        let total = total_loss(&out, case);
+        check(
+            total.double_value(&[]),
+            want["loss_total"].as_f64().unwrap(),
+            1e-6,
+            0.0,
+            "total loss",
+            &mut worst_eval,
+        );
+        let grads = Tensor::run_backward(&[&total], &params, false, false);
+        for (name, g) in names.iter().zip(&grads) {
+            // The release runs every expert, so every parameter has a gradient (zeros for
+            // the experts no token chose).
+            assert!(g.defined(), "{patches} patches: `{name}` has no gradient");
+            check_summary(
+                name,
+                g,
+                &want["grads"][name],
+                1e-5,
+                &format!("{patches} patches: grad"),
+                &mut worst_grad,
+            );
+        }
+    }
+    eprintln!(
+        "parity: worst relative difference, eval {worst_eval:.2e}, gradients {worst_grad:.2e}"
+    );
+}
+
+/// Four Adam steps (one per case, as engine.py) from the same weights: every parameter after
+/// them equals the release's, including the experts no token chose (stepped by the coupled L2
+/// on zero gradients). With `unchosen_experts: freeze` those stay where they started.
+#[test]
+fn adam_steps_equal_the_released_code_including_unchosen_experts() {
+    let reference = load("hdmoe_reference.json");
+    let official = reference["parameters"].as_object().unwrap();
+    let groups = groups(&reference);
+    let cases = reference["cases"].as_array().unwrap();
+    let adam_ref = &reference["adam"];
+    let run = |unchosen: UnchosenExperts| {
+        let (_vs, model, names, params) = build(release_spec(&reference, unchosen), official);
+        let mut adam = Adam::new(
+            &params,
+            adam_ref["lr"].as_f64().unwrap(),
+            adam_ref["weight_decay"].as_f64().unwrap(),
+        );
+        for (step, case) in cases.iter().enumerate() {
+            let out = model.forward_pass(&inputs(case, &groups), segments(case), TRAIN_NO_DROPOUT);
+            assert_eq!(
+                chosen(&out),
+                chosen_json(&adam_ref["chosen"][step]),
+                "step {step}: chosen experts"
+            );
+            let grads = Tensor::run_backward(&[&total_loss(&out, case)], &params, false, false);
+            adam.step(&params, &grads);
+        }
+        (names, params)
+    };
+    let (names, params) = run(UnchosenExperts::Step);
+    let mut worst = 0.0f64;
+    for (name, p) in names.iter().zip(&params) {
+        check_summary(
+            name,
+            p,
+            &adam_ref["parameters_after"][name],
+            1e-5,
+            "after 4 Adam steps:",
+            &mut worst,
+        );
+    }
+    eprintln!("parity: worst relative difference after 4 Adam steps {worst:.2e}");
+
+    // Expert 1 of the genomic MoE is never chosen in these steps.
+    let never = "genomics_moe.experts.1.layer1.weight";
+    assert!(chosen_json(&adam_ref["chosen"][0]).len() == 3);
+    for step in adam_ref["chosen"].as_array().unwrap() {
+        assert!(!chosen_json(step)[0].contains(&1));
+    }
+    let (names, params) = run(UnchosenExperts::Freeze);
+    let k = names.iter().position(|n| n == never).unwrap();
+    let start = hashed(never, &params[k].size());
+    assert!(params[k].equal(&start), "freeze: an unchosen expert moved");
+    let released = adam_ref["parameters_after"][never]["norm"]
+        .as_f64()
+        .unwrap();
+    let start_norm = start.norm().double_value(&[]);
+    assert!(
+        (released - start_norm).abs() > 1e-4 * start_norm,
+        "the release steps unchosen experts: {released} vs {start_norm}"
+    );
+}
+
+/// Each parameter's distribution at construction (our seeded init against one official
+/// construction): means and standard deviations within sampling error, constants exact, and
+/// the value range (uniform bounds, zero biases) the same.
+#[test]
+fn initialisation_is_the_released_codes() {
+    let reference = load("hdmoe_reference.json");
+    check_init(
+        &reference["init"],
+        release_spec(&reference, UnchosenExperts::Step),
+    );
+    let snn = load("snn_reference.json");
+    let mut spec = ModelSpec::wsi_genomics(vec![snn["input_dim"].as_i64().unwrap()], 256);
+    spec.architecture = Architecture::Snn;
+    spec.wsi = false;
+    spec.modality_1 = Some(Modality1::Genomics);
+    check_init(&snn["init"], spec);
+}
+
+fn check_init(init: &Value, spec: ModelSpec) {
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Hdmoe::new(&vs.root(), spec);
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    assert_eq!(variables.len(), init.as_object().unwrap().len());
+    for (name, want) in init.as_object().unwrap() {
+        let t = variables
+            .get(name)
+            .unwrap_or_else(|| panic!("no parameter `{name}`"))
+            .to_kind(Kind::Double)
+            .flatten(0, -1);
+        let n = t.size()[0] as f64;
+        let (mean, std) = (
+            t.mean(Kind::Double).double_value(&[]),
+            t.std(false).double_value(&[]),
+        );
+        let (min, max) = (t.min().double_value(&[]), t.max().double_value(&[]));
+        let want_std = want["std"].as_f64().unwrap();
+        let want_mean = want["mean"].as_f64().unwrap();
+        if want_std == 0.0 {
+            assert_eq!((mean, std), (want_mean, 0.0), "{name}: a constant");
+            continue;
+        }
+        // Two independent samples of n: the difference of means has sd σ√(2/n), of standard
+        // deviations about σ√(1/n); 6 of those is far outside chance, and a wrong scheme (tch's
+        // kaiming-uniform is 1.4-2.6x the release's spread) lies far outside it.
+        let se = want_std * (2.0 / n).sqrt();
+        assert!(
+            (mean - want_mean).abs() <= 6.0 * se,
+            "{name}: mean {mean:e}, release {want_mean:e} (se {se:e})"
+        );
+        assert!(
+            (std - want_std).abs() <= 6.0 * want_std / n.sqrt() + 1e-12,
+            "{name}: std {std:e}, release {want_std:e}"
+        );
+        // A uniform init (range ≈ 2√3 σ, where a normal sample's is wider) has hard bounds:
+        // ours must lie inside the release's.
+        let (want_min, want_max) = (want["min"].as_f64().unwrap(), want["max"].as_f64().unwrap());
+        let range = want_max - want_min;
+        if range <= 3.6 * want_std {
+            assert!(
+                min >= want_min - 0.02 * range && max <= want_max + 0.02 * range,
+                "{name}: range [{min:e}, {max:e}], release [{want_min:e}, {want_max:e}]"
+            );
+        }
+    }
+}
+
+/// MCAT's SNN (the genomics-only baseline): eval outputs and gradients.
+#[test]
+fn snn_equals_mcats() {
+    let reference = load("snn_reference.json");
+    let official = reference["parameters"].as_object().unwrap();
+    let n = reference["input_dim"].as_i64().unwrap();
+    let mut spec = ModelSpec::wsi_genomics(vec![n], 256);
+    spec.architecture = Architecture::Snn;
+    spec.wsi = false;
+    spec.modality_1 = Some(Modality1::Genomics);
+    let (_vs, model, names, params) = build(spec, official);
+    let (mut worst_eval, mut worst_grad) = (0.0f64, 0.0f64);
+    for (k, case) in reference["cases"].as_array().unwrap().iter().enumerate() {
+        let x = Inputs {
+            wsi: None,
+            genomics: Some(vec![hashed_uniform(&format!("input.snn.{k}"), &[n])]),
+            mri: None,
+        };
+        let want = &case["eval"];
+        let out = tch::no_grad(|| model.forward_pass(&x, (1, 1), Pass::EVAL));
+        for (key, got) in [("hazards", &out.hazards), ("survival", &out.survival)] {
+            for (g, w) in as_vec(got).iter().zip(floats(&want[key])) {
+                check(
+                    *g,
+                    w,
+                    1e-6,
+                    1e-12,
+                    &format!("SNN case {k}: {key}"),
+                    &mut worst_eval,
+                );
+            }
+        }
+        check(
+            out.risk.double_value(&[]),
+            want["risk"].as_f64().unwrap(),
+            1e-6,
+            0.0,
+            "SNN risk",
+            &mut worst_eval,
+        );
+        let want = &case["train"];
+        let out = model.forward_pass(&x, (1, 1), TRAIN_NO_DROPOUT);
+        let loss = nll_survival(
+            &out.hazards,
+            &out.survival,
+            case["time_bin"].as_i64().unwrap(),
+            case["censored"].as_bool().unwrap(),
+        );
+        check(
+            loss.double_value(&[]),
+            want["loss_survival"].as_f64().unwrap(),
+            1e-6,
+            0.0,
+            "SNN loss",
+            &mut worst_eval,
+        );
+        let grads = Tensor::run_backward(&[&loss], &params, false, false);
+        for (name, g) in names.iter().zip(&grads) {
+            assert!(g.defined(), "SNN: `{name}` has no gradient");
+            check_summary(
+                name,
+                g,
+                &want["grads"][name],
+                1e-5,
+                &format!("SNN case {k}: grad"),
+                &mut worst_grad,
+            );
+        }
+    }
+    eprintln!("parity (SNN): worst relative difference, eval {worst_eval:.2e}, gradients {worst_grad:.2e}");
+}
