@@ -54,6 +54,13 @@ enum Command {
     /// Train HDMoE (or a unimodal baseline) fold by fold on the cached features; writes
     /// runs/<name>/{fold_<k>/…, predictions.csv, summary.csv}. Resumes an interrupted fit.
     Fit(StageCmd),
+    /// Risk, hazards and survival of the cohort's patients from a trained model: fit's
+    /// fold_<k>/model.safetensors or a state dict saved by the official code (.pth/.pth.tar in
+    /// any form torch writes; names in docs/PARAMETERS.md). With --fold K, fold K's validation
+    /// patients, genomics scaled as fit scaled them (on the fold's training patients); without,
+    /// every patient that has the configured modalities. Writes DIR/predictions.csv (fit's
+    /// columns, then survival_0..3).
+    Predict(PredictCmd),
     /// C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from predictions.
     Report(ReportCmd),
     /// Show the libtorch, OpenSlide and HDF5 this binary uses and whether CUDA devices are visible.
@@ -147,6 +154,21 @@ struct StageCmd {
     /// Redo outputs that already exist, even when made with other parameters.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Args)]
+struct PredictCmd {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The model's weights: model.safetensors from fit, or an official state dict.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Predict fold K's validation patients (genomics scaled on its training patients).
+    #[arg(long, value_name = "K")]
+    fold: Option<usize>,
+    /// Output folder [default: runs/<name>/predict_fold_<K>, or runs/<name>/predict].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -329,6 +351,21 @@ fn run(cli: Cli) -> Result<()> {
                     result.manifest.display()
                 );
             }
+        }
+        Command::Predict(args) => {
+            let config = args.config.load()?;
+            let result =
+                train::predict::run(&config, &args.checkpoint, args.fold, args.out.as_deref())?;
+            println!(
+                "{} patients predicted{} from {} (sha256 {})",
+                result.patients,
+                result
+                    .fold
+                    .map_or(String::new(), |k| format!(" (fold {k})")),
+                args.checkpoint.display(),
+                result.checkpoint_sha256
+            );
+            println!("predictions: {}", result.output.display());
         }
         Command::Fit(args) => {
             let config = args.config.load()?;

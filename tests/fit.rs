@@ -378,3 +378,83 @@ fn clam_h5_files_folder_is_used_as_the_features_cache() {
             || read(&data.dir.join("runs/excluded.csv")).lines().count() <= 1
     );
 }
+
+/// `predict` with fit's model.safetensors and `--fold` reproduces fit's own validation
+/// predictions of the last epoch (same weights, genomics scaler refitted on the fold's training
+/// patients, nested slice left out as fit leaves it out); a partial or mis-shaped state dict is
+/// refused with every offending name.
+#[test]
+fn predict_reproduces_fits_validation_predictions_and_refuses_wrong_checkpoints() {
+    let _one = ONE_FIT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic(&dir.path().join("predict"), 40, false, true);
+    let settings = [
+        "train.epochs=2",
+        "model.rfr_eval=identity",
+        "train.selection=nested",
+    ];
+    let config = data.config(&settings);
+    train::run(&config, false).unwrap();
+    let runs = data.dir.join("runs");
+    let checkpoint = runs.join("fold_1/model.safetensors");
+    let out = dir.path().join("out");
+    let report = train::predict::run(&config, &checkpoint, Some(1), Some(&out)).unwrap();
+    let fit_rows: std::collections::HashMap<String, f64> =
+        read(&runs.join("fold_1/val_predictions.csv"))
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with("1,"))
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[1].to_owned(), f[2].parse().unwrap())
+            })
+            .collect();
+    let predicted = read(&report.output);
+    let mut lines = predicted.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "case_id,fold,risk,hazard_0,hazard_1,hazard_2,hazard_3,survival_months,event,epoch,selection,survival_0,survival_1,survival_2,survival_3"
+    );
+    let mut n = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let risk: f64 = f[2].parse().unwrap();
+        assert_eq!(risk, fit_rows[f[0]], "{}: risk", f[0]);
+        // −Σ S = risk.
+        let s: f64 = f[11..15].iter().map(|v| v.parse::<f64>().unwrap()).sum();
+        assert!((s + risk).abs() < 1e-6);
+        n += 1;
+    }
+    assert_eq!(n, fit_rows.len());
+    assert_eq!(n, 20);
+
+    // A state dict with one parameter missing and one of another shape.
+    let mut tensors: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(&checkpoint).unwrap();
+    tensors.retain(|(name, _)| name != "emb1.bias");
+    for (name, t) in tensors.iter_mut() {
+        if name == "classifier.weight" {
+            *t = tch::Tensor::zeros([4, 7], (tch::Kind::Float, tch::Device::Cpu));
+        }
+    }
+    tensors.push((
+        "extra.weight".into(),
+        tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)),
+    ));
+    let bad = dir.path().join("bad.safetensors");
+    tch::Tensor::write_safetensors(&tensors, &bad).unwrap();
+    let err = train::predict::run(&config, &bad, Some(1), Some(&out))
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "bad.safetensors",
+        "emb1.bias",
+        "classifier.weight",
+        "[4, 7]",
+        "extra.weight",
+    ] {
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
+    // The earlier predictions are untouched by the refused run.
+    assert_eq!(read(&report.output), predicted);
+}

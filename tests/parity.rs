@@ -580,3 +580,59 @@ fn snn_equals_mcats() {
     }
     eprintln!("parity (SNN): worst relative difference, eval {worst_eval:.2e}, gradients {worst_grad:.2e}");
 }
+
+/// A checkpoint as the official code writes it (`torch.save(SNN.state_dict())`: an OrderedDict
+/// in torch's zip format, float16 here to keep it small) loads by name through `predict`'s
+/// loader, as it is, and gives MCAT's eval outputs for those weights.
+#[test]
+fn an_official_state_dict_loads_as_it_is_and_predicts_what_the_official_code_does() {
+    let reference = load("snn_reference.json");
+    let want = &reference["official_checkpoint"];
+    let n = want["input_dim"].as_i64().unwrap();
+    let mut spec = ModelSpec::wsi_genomics(vec![n], 256);
+    spec.architecture = Architecture::Snn;
+    spec.wsi = false;
+    spec.modality_1 = Some(Modality1::Genomics);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = Hdmoe::new(&vs.root(), spec);
+    let file = fixture(&format!("parity/{}", want["file"].as_str().unwrap()));
+    hdmoe_pipe::train::predict::load_checkpoint(&mut vs, &file, "snn").unwrap();
+    vs.double();
+    let x = Inputs {
+        wsi: None,
+        genomics: Some(vec![hashed_uniform("input.snn.small", &[n])]),
+        mri: None,
+    };
+    let out = tch::no_grad(|| model.forward_pass(&x, (1, 1), Pass::EVAL));
+    let mut worst = 0.0f64;
+    for (g, w) in as_vec(&out.hazards).iter().zip(floats(&want["hazards"])) {
+        check(
+            *g,
+            w,
+            1e-9,
+            1e-12,
+            "official checkpoint: hazards",
+            &mut worst,
+        );
+    }
+    check(
+        out.risk.double_value(&[]),
+        want["risk"].as_f64().unwrap(),
+        1e-9,
+        0.0,
+        "official checkpoint: risk",
+        &mut worst,
+    );
+    // The HDMoE model refuses it, naming what is missing.
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let _hdmoe = Hdmoe::new(&vs.root(), ModelSpec::wsi_genomics(vec![n], 256));
+    let err = hdmoe_pipe::train::predict::load_checkpoint(&mut vs, &file, "hdmoe")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("snn_official_state_dict.pth")
+            && err.contains("parameters missing")
+            && err.contains("fc_omic.0.0.weight"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 
 pub mod adam;
 pub mod data;
+pub mod predict;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,6 +38,8 @@ pub enum FitError {
     Torch(#[from] tch::TchError),
     #[error(transparent)]
     Encode(#[from] encode::EncodeError),
+    #[error(transparent)]
+    Checkpoint(Box<predict::CheckpointMismatch>),
 }
 
 fn output_error(path: &Path, e: impl ToString) -> FitError {
@@ -107,6 +110,7 @@ fn model_spec(config: &Config, data: &Dataset) -> Result<ModelSpec, FitError> {
         top_k: m.top_k,
         shared_expert: m.shared_expert,
         renormalise_top_k: m.renormalise_top_k,
+        unchosen_experts: m.unchosen_experts,
         rfr: m.rfr,
         rfr_eval: m.rfr_eval,
         distance: m.dm,
@@ -396,18 +400,21 @@ const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,
 const VAL_HEADER: &str = "epoch,case_id,risk,hazard_0,hazard_1,hazard_2,hazard_3";
 const ROUTING_HEADER: &str = "epoch,split,moe,expert,count";
 
-fn fit_fold(
+/// A fold's patients as training uses them: those with every modality, the nested slice (for
+/// `selection: nested`) held out of the training split.
+pub(crate) struct FoldPatients {
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub nested: Vec<usize>,
+}
+
+pub(crate) fn fold_patients(
     config: &Config,
     data: &Dataset,
-    spec: &ModelSpec,
     split: &Split,
-    run_dir: &Path,
-    force: bool,
-) -> Result<(FoldResult, Vec<String>), FitError> {
+) -> Result<FoldPatients, FitError> {
     let train_cfg = &config.train;
     let fold = split.fold;
-    let dir = run_dir.join(format!("fold_{fold}"));
-    std::fs::create_dir_all(&dir).map_err(|e| output_error(&dir, e))?;
     let usable = |set: &[usize]| -> Vec<usize> {
         set.iter()
             .copied()
@@ -431,6 +438,22 @@ fn fit_fold(
             "fold {fold}: no usable training or validation patients"
         )));
     }
+    Ok(FoldPatients { train, val, nested })
+}
+
+fn fit_fold(
+    config: &Config,
+    data: &Dataset,
+    spec: &ModelSpec,
+    split: &Split,
+    run_dir: &Path,
+    force: bool,
+) -> Result<(FoldResult, Vec<String>), FitError> {
+    let train_cfg = &config.train;
+    let fold = split.fold;
+    let dir = run_dir.join(format!("fold_{fold}"));
+    std::fs::create_dir_all(&dir).map_err(|e| output_error(&dir, e))?;
+    let FoldPatients { train, val, nested } = fold_patients(config, data, split)?;
 
     let parameters = fold_parameters(config, data, split);
     let params_path = dir.join("parameters.txt");
@@ -515,7 +538,9 @@ fn fit_fold(
         let seed = mix(&[train_cfg.seed, fold as u64, epoch as u64]);
         tch::manual_seed(seed as i64);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        adam.lr = train_cfg.lr * (1.0 - epoch as f64 / train_cfg.epochs as f64).powf(0.9);
+        adam.lr = train_cfg
+            .lr_schedule
+            .rate(train_cfg.lr, epoch, train_cfg.epochs);
         let order: Vec<usize> = if train_cfg.weighted_sampling {
             let dist = WeightedIndex::new(&weights).map_err(|e| FitError::Config(e.to_string()))?;
             (0..train.len())
