@@ -13,7 +13,7 @@ use serde_yaml::{Mapping, Value};
 use crate::encode::EncoderKind;
 pub use crate::features::FeaturesConfig;
 use crate::model::loss::Distance;
-use crate::model::{Architecture, RfrEval, UnchosenExperts};
+use crate::model::{Architecture, MoeOutputRule, RfrEval, UnchosenExperts};
 use crate::survival::RiskSplitRule;
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +306,9 @@ pub struct ModelConfig {
     /// Routed experts no token chose: `step` (the release: zero gradients, stepped by Adam's
     /// coupled L2) or `freeze` (left out of the step).
     pub unchosen_experts: UnchosenExperts,
+    /// `separate`: routed and shared outputs passed on as two vectors (the release); `sum`:
+    /// their sum (the paper's Eq. 1/2, MODEL_SPEC 8.2).
+    pub moe_output: MoeOutputRule,
     /// Random feature recombination on (off: s₁ = s₂ = 1 always).
     pub rfr: bool,
     pub rfr_eval: RfrEval,
@@ -330,6 +333,7 @@ impl Default for ModelConfig {
             shared_expert: true,
             renormalise_top_k: false,
             unchosen_experts: UnchosenExperts::Step,
+            moe_output: MoeOutputRule::Separate,
             rfr: true,
             rfr_eval: RfrEval::Random,
             lambda_decouple: 1.0,

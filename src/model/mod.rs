@@ -26,6 +26,16 @@ pub enum Architecture {
     Snn,
 }
 
+/// What an MoE passes on (MODEL_SPEC 8.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeOutputRule {
+    /// The release: routed and shared outputs as two vectors, interleaved by the RFR.
+    Separate,
+    /// The paper's Eq. (1)/(2) (DeepSeekMoE): their sum.
+    Sum,
+}
+
 /// What the RFR does at evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +59,7 @@ pub struct ModelSpec {
     pub shared_expert: bool,
     pub renormalise_top_k: bool,
     pub unchosen_experts: UnchosenExperts,
+    pub moe_output: MoeOutputRule,
     pub rfr: bool,
     pub rfr_eval: RfrEval,
     pub distance: Distance,
@@ -76,6 +87,7 @@ impl ModelSpec {
             shared_expert: true,
             renormalise_top_k: false,
             unchosen_experts: UnchosenExperts::Step,
+            moe_output: MoeOutputRule::Separate,
             rfr: true,
             rfr_eval: RfrEval::Random,
             distance: Distance::Cos,
@@ -373,14 +385,26 @@ impl Hdmoe {
         let fusion = fused.then(|| Fusion {
             moe_1: moe(vs / moe_1_name, g),
             moe_wsi: moe(vs / "pathomics_moe", g),
-            moe_f: moe(vs / "fusion_moe", g / 2),
+            // Level 2 keeps r_F and s_F 512-d (= 2d) either way: 4d/g tokens of g/2, or with
+            // summed outputs 2d/g tokens of g.
+            moe_f: moe(
+                vs / "fusion_moe",
+                match spec.moe_output {
+                    MoeOutputRule::Separate => g / 2,
+                    MoeOutputRule::Sum => g,
+                },
+            ),
             align_spec: linear(vs / "emb1", 2 * d, 2 * d),
             align_share: linear(vs / "emb2", 2 * d, 2 * d),
         });
         let head = if snn_baseline.is_some() {
             init::max_linear(vs / "classifier", SNN_WIDTHS[3], 4)
         } else {
-            linear(vs / "classifier", if fused { 4 * d } else { d }, 4)
+            let fused_width = match spec.moe_output {
+                MoeOutputRule::Separate => 4 * d,
+                MoeOutputRule::Sum => 2 * d,
+            };
+            linear(vs / "classifier", if fused { fused_width } else { d }, 4)
         };
         Self {
             spec,
@@ -417,12 +441,27 @@ impl Hdmoe {
             let m2 = fusion.moe_wsi.forward(&v2.view([-1, g]), train);
             let a_spec = Tensor::cat(&[&m1.routed, &m2.routed], 0).apply(&fusion.align_spec);
             let a_share = Tensor::cat(&[&m1.shared, &m2.shared], 0).apply(&fusion.align_share);
-            let u = moe::recombine(
-                &[&m1.routed, &m2.routed, &m1.shared, &m2.shared],
-                segments.0,
-            );
-            let mf = fusion.moe_f.forward(&u.view([-1, g]), train);
-            let z = moe::recombine(&[&mf.routed, &mf.shared], segments.1);
+            let (u, mf, z);
+            match self.spec.moe_output {
+                MoeOutputRule::Separate => {
+                    u = moe::recombine(
+                        &[&m1.routed, &m2.routed, &m1.shared, &m2.shared],
+                        segments.0,
+                    );
+                    mf = fusion.moe_f.forward(&u.view([-1, g]), train);
+                    z = moe::recombine(&[&mf.routed, &mf.shared], segments.1);
+                }
+                MoeOutputRule::Sum => {
+                    // DeepSeekMoE: each MoE's output is routed + shared; RFR-1 interleaves the
+                    // two modalities' sums, and RFR-2 has a single vector left to arrange.
+                    u = moe::recombine(
+                        &[&(&m1.routed + &m1.shared), &(&m2.routed + &m2.shared)],
+                        segments.0,
+                    );
+                    mf = fusion.moe_f.forward(&u.view([-1, g]), train);
+                    z = &mf.routed + &mf.shared;
+                }
+            }
             let terms = loss::decoupling(
                 self.spec.distance,
                 &m1.routed,
@@ -487,10 +526,11 @@ impl Hdmoe {
         if self.fusion.is_none() || !self.spec.rfr {
             return (vec![1], vec![1]);
         }
-        (
-            moe::segment_choices(self.spec.dim / 2),
-            moe::segment_choices(self.spec.dim),
-        )
+        let s2 = match self.spec.moe_output {
+            MoeOutputRule::Separate => moe::segment_choices(self.spec.dim),
+            MoeOutputRule::Sum => vec![1],
+        };
+        (moe::segment_choices(self.spec.dim / 2), s2)
     }
 }
 
@@ -524,6 +564,32 @@ mod tests {
             count(spec(vec![89, 334, 534, 471, 1509, 482], 256)),
             8_652_836
         );
+    }
+
+    #[test]
+    fn summed_moe_outputs_run_at_every_token_length() {
+        tch::manual_seed(2);
+        for g in [64, 256] {
+            let mut spec = spec(vec![5, 7], g);
+            spec.moe_output = MoeOutputRule::Sum;
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let model = Hdmoe::new(&vs.root(), spec);
+            let inputs = Inputs {
+                wsi: Some(Tensor::randn([10, 1024], (Kind::Float, tch::Device::Cpu))),
+                genomics: Some(vec![
+                    Tensor::randn([5], (Kind::Float, tch::Device::Cpu)),
+                    Tensor::randn([7], (Kind::Float, tch::Device::Cpu)),
+                ]),
+                mri: None,
+            };
+            assert_eq!(model.segment_choices().1, vec![1]);
+            let out = model.forward(&inputs, (4, 1), true);
+            assert_eq!(out.logits.size(), vec![4]);
+            assert_eq!(out.routing[2].size(), vec![512 / g, 1]);
+            assert!(out.decoupling.double_value(&[]).is_finite());
+            // The head reads the 512-d sum r_F + s_F.
+            assert_eq!(model.head.ws.size(), vec![4, 512]);
+        }
     }
 
     #[test]

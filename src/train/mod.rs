@@ -111,6 +111,7 @@ fn model_spec(config: &Config, data: &Dataset) -> Result<ModelSpec, FitError> {
         shared_expert: m.shared_expert,
         renormalise_top_k: m.renormalise_top_k,
         unchosen_experts: m.unchosen_experts,
+        moe_output: m.moe_output,
         rfr: m.rfr,
         rfr_eval: m.rfr_eval,
         distance: m.dm,
