@@ -139,6 +139,31 @@ fn check_summary(name: &str, t: &Tensor, want: &Value, tol: f64, what: &str, wor
     }
 }
 
+/// Every parameter's gradient of `loss` is defined and equals the reference's summary.
+fn check_gradients(
+    loss: &Tensor,
+    names: &[String],
+    params: &[Tensor],
+    want: &Value,
+    what: &str,
+    worst: &mut f64,
+) {
+    let grads = Tensor::run_backward(&[loss], params, false, false);
+    for (name, g) in names.iter().zip(&grads) {
+        assert!(g.defined(), "{what}: `{name}` has no gradient");
+        check_summary(name, g, &want[name], 1e-5, &format!("{what}: grad"), worst);
+    }
+}
+
+/// MCAT's SNN on one input vector of `n` genes.
+fn snn_spec(n: i64) -> ModelSpec {
+    let mut spec = ModelSpec::wsi_genomics(vec![n], 256);
+    spec.architecture = Architecture::Snn;
+    spec.wsi = false;
+    spec.modality_1 = Some(Modality1::Genomics);
+    spec
+}
+
 fn groups(reference: &Value) -> Vec<i64> {
     reference["groups"]
         .as_array()
@@ -359,20 +384,16 @@ fn hdmoe_eval_outputs_and_gradients_equal_the_released_code() {
             "total loss",
             &mut worst_eval,
         );
-        let grads = Tensor::run_backward(&[&total], &params, false, false);
-        for (name, g) in names.iter().zip(&grads) {
-            // The release runs every expert, so every parameter has a gradient (zeros for
-            // the experts no token chose).
-            assert!(g.defined(), "{patches} patches: `{name}` has no gradient");
-            check_summary(
-                name,
-                g,
-                &want["grads"][name],
-                1e-5,
-                &format!("{patches} patches: grad"),
-                &mut worst_grad,
-            );
-        }
+        // The release runs every expert, so every parameter has a gradient (zeros for the
+        // experts no token chose).
+        check_gradients(
+            &total,
+            &names,
+            &params,
+            &want["grads"],
+            &format!("{patches} patches"),
+            &mut worst_grad,
+        );
     }
     eprintln!(
         "parity: worst relative difference, eval {worst_eval:.2e}, gradients {worst_grad:.2e}"
@@ -453,10 +474,7 @@ fn initialisation_is_the_released_codes() {
         release_spec(&reference, UnchosenExperts::Step),
     );
     let snn = load("snn_reference.json");
-    let mut spec = ModelSpec::wsi_genomics(vec![snn["input_dim"].as_i64().unwrap()], 256);
-    spec.architecture = Architecture::Snn;
-    spec.wsi = false;
-    spec.modality_1 = Some(Modality1::Genomics);
+    let spec = snn_spec(snn["input_dim"].as_i64().unwrap());
     check_init(&snn["init"], spec);
 }
 
@@ -515,10 +533,7 @@ fn snn_equals_mcats() {
     let reference = load("snn_reference.json");
     let official = reference["parameters"].as_object().unwrap();
     let n = reference["input_dim"].as_i64().unwrap();
-    let mut spec = ModelSpec::wsi_genomics(vec![n], 256);
-    spec.architecture = Architecture::Snn;
-    spec.wsi = false;
-    spec.modality_1 = Some(Modality1::Genomics);
+    let spec = snn_spec(n);
     let (_vs, model, names, params) = build(spec, official);
     let (mut worst_eval, mut worst_grad) = (0.0f64, 0.0f64);
     for (k, case) in reference["cases"].as_array().unwrap().iter().enumerate() {
@@ -565,18 +580,14 @@ fn snn_equals_mcats() {
             "SNN loss",
             &mut worst_eval,
         );
-        let grads = Tensor::run_backward(&[&loss], &params, false, false);
-        for (name, g) in names.iter().zip(&grads) {
-            assert!(g.defined(), "SNN: `{name}` has no gradient");
-            check_summary(
-                name,
-                g,
-                &want["grads"][name],
-                1e-5,
-                &format!("SNN case {k}: grad"),
-                &mut worst_grad,
-            );
-        }
+        check_gradients(
+            &loss,
+            &names,
+            &params,
+            &want["grads"],
+            &format!("SNN case {k}"),
+            &mut worst_grad,
+        );
     }
     eprintln!("parity (SNN): worst relative difference, eval {worst_eval:.2e}, gradients {worst_grad:.2e}");
 }
@@ -589,10 +600,7 @@ fn an_official_state_dict_loads_as_it_is_and_predicts_what_the_official_code_doe
     let reference = load("snn_reference.json");
     let want = &reference["official_checkpoint"];
     let n = want["input_dim"].as_i64().unwrap();
-    let mut spec = ModelSpec::wsi_genomics(vec![n], 256);
-    spec.architecture = Architecture::Snn;
-    spec.wsi = false;
-    spec.modality_1 = Some(Modality1::Genomics);
+    let spec = snn_spec(n);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Hdmoe::new(&vs.root(), spec);
     let file = fixture(&format!("parity/{}", want["file"].as_str().unwrap()));
