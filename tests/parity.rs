@@ -87,6 +87,19 @@ fn check(got: f64, want: f64, tol: f64, floor: f64, what: &str, worst: &mut f64)
     assert!(error <= tol, "{what}: got {got:e}, want {want:e}");
 }
 
+/// Every element of `got` against the reference's list, relative to `tol` (floor 1e-12).
+fn check_values(
+    got: &Tensor,
+    want: &Value,
+    tol: f64,
+    what: impl std::fmt::Display,
+    worst: &mut f64,
+) {
+    for (g, w) in as_vec(got).iter().zip(floats(want)) {
+        check(*g, w, tol, 1e-12, &what.to_string(), worst);
+    }
+}
+
 /// The per-tensor summary make_reference.py records: sum, norm, probe product, four elements.
 fn check_summary(name: &str, t: &Tensor, want: &Value, tol: f64, what: &str, worst: &mut f64) {
     let flat = as_vec(t);
@@ -295,16 +308,13 @@ fn hdmoe_eval_outputs_and_gradients_equal_the_released_code() {
             ("hazards", &out.hazards),
             ("survival", &out.survival),
         ] {
-            for (g, w) in as_vec(got).iter().zip(floats(&want[key])) {
-                check(
-                    *g,
-                    w,
-                    1e-6,
-                    1e-12,
-                    &format!("{patches} patches: {key}"),
-                    &mut worst_eval,
-                );
-            }
+            check_values(
+                got,
+                &want[key],
+                1e-6,
+                format!("{patches} patches: {key}"),
+                &mut worst_eval,
+            );
         }
         check(
             out.risk.double_value(&[]),
@@ -337,16 +347,13 @@ fn hdmoe_eval_outputs_and_gradients_equal_the_released_code() {
             .zip(want["router"].as_array().unwrap())
             .enumerate()
         {
-            for (g, w) in as_vec(got).iter().zip(floats(w)) {
-                check(
-                    *g,
-                    w,
-                    1e-6,
-                    1e-12,
-                    &format!("{patches} patches: router {m}"),
-                    &mut worst_eval,
-                );
-            }
+            check_values(
+                got,
+                w,
+                1e-6,
+                format!("{patches} patches: router {m}"),
+                &mut worst_eval,
+            );
         }
         assert_eq!(
             chosen(&out),
@@ -545,16 +552,13 @@ fn snn_equals_mcats() {
         let want = &case["eval"];
         let out = tch::no_grad(|| model.forward_pass(&x, (1, 1), Pass::EVAL));
         for (key, got) in [("hazards", &out.hazards), ("survival", &out.survival)] {
-            for (g, w) in as_vec(got).iter().zip(floats(&want[key])) {
-                check(
-                    *g,
-                    w,
-                    1e-6,
-                    1e-12,
-                    &format!("SNN case {k}: {key}"),
-                    &mut worst_eval,
-                );
-            }
+            check_values(
+                got,
+                &want[key],
+                1e-6,
+                format!("SNN case {k}: {key}"),
+                &mut worst_eval,
+            );
         }
         check(
             out.risk.double_value(&[]),
@@ -613,16 +617,13 @@ fn an_official_state_dict_loads_as_it_is_and_predicts_what_the_official_code_doe
     };
     let out = tch::no_grad(|| model.forward_pass(&x, (1, 1), Pass::EVAL));
     let mut worst = 0.0f64;
-    for (g, w) in as_vec(&out.hazards).iter().zip(floats(&want["hazards"])) {
-        check(
-            *g,
-            w,
-            1e-9,
-            1e-12,
-            "official checkpoint: hazards",
-            &mut worst,
-        );
-    }
+    check_values(
+        &out.hazards,
+        &want["hazards"],
+        1e-9,
+        "official checkpoint: hazards",
+        &mut worst,
+    );
     check(
         out.risk.double_value(&[]),
         want["risk"].as_f64().unwrap(),

@@ -566,6 +566,16 @@ mod tests {
         );
     }
 
+    /// A bag of 10 patch features and genomic groups of 5 and 7.
+    fn random_inputs() -> Inputs {
+        let opts = (Kind::Float, tch::Device::Cpu);
+        Inputs {
+            wsi: Some(Tensor::randn([10, 1024], opts)),
+            genomics: Some(vec![Tensor::randn([5], opts), Tensor::randn([7], opts)]),
+            mri: None,
+        }
+    }
+
     #[test]
     fn summed_moe_outputs_run_at_every_token_length() {
         tch::manual_seed(2);
@@ -574,14 +584,7 @@ mod tests {
             spec.moe_output = MoeOutputRule::Sum;
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let model = Hdmoe::new(&vs.root(), spec);
-            let inputs = Inputs {
-                wsi: Some(Tensor::randn([10, 1024], (Kind::Float, tch::Device::Cpu))),
-                genomics: Some(vec![
-                    Tensor::randn([5], (Kind::Float, tch::Device::Cpu)),
-                    Tensor::randn([7], (Kind::Float, tch::Device::Cpu)),
-                ]),
-                mri: None,
-            };
+            let inputs = random_inputs();
             assert_eq!(model.segment_choices().1, vec![1]);
             let out = model.forward(&inputs, (4, 1), true);
             assert_eq!(out.logits.size(), vec![4]);
@@ -598,14 +601,7 @@ mod tests {
         for g in [32, 64, 128, 256] {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let model = Hdmoe::new(&vs.root(), spec(vec![5, 7], g));
-            let inputs = Inputs {
-                wsi: Some(Tensor::randn([10, 1024], (Kind::Float, tch::Device::Cpu))),
-                genomics: Some(vec![
-                    Tensor::randn([5], (Kind::Float, tch::Device::Cpu)),
-                    Tensor::randn([7], (Kind::Float, tch::Device::Cpu)),
-                ]),
-                mri: None,
-            };
+            let inputs = random_inputs();
             let (s1, s2) = model.segment_choices();
             for (a, b) in s1.iter().zip(&s2) {
                 let out = model.forward(&inputs, (*a, *b), true);
