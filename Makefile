@@ -46,7 +46,7 @@ test-slurm: build
 # five times each, on the whole demo cohort, then rerun: outputs must equal an uninterrupted
 # run's. `make test` runs the same test on 6 slides with two kills per stage.
 chaos: setup
-	HDMOE_CHAOS_FULL=1 $(CARGO) test --test chaos -- --nocapture
+	HDMOE_CHAOS_FULL=1 $(CARGO) test --test it chaos:: -- --nocapture
 
 # The large 40x slide of the tile benchmark (81920 x 61440, ~0.8 GB) is generated once from the
 # real H&E tiles in ../shared/data/images; the Python packages that write it go into the venv.

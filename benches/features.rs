@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hdmoe_pipe::config::Config;
-use hdmoe_pipe::encode::{Encoder, EncoderKind};
+use hdmoe_pipe::encode::{resnet2d, Encoder};
 use hdmoe_pipe::features;
 use hdmoe_pipe::features::patch::{Geometry, Reader};
 use hdmoe_pipe::features::pipeline::{self, Job, Message};
-use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::slide;
+use hdmoe_pipe::stage::StageOptions;
 use tch::Kind;
 
 fn env(name: &str, default: &str) -> String {
@@ -53,7 +53,7 @@ fn main() {
         format!("features.readers={readers}"),
     ];
     let config = Config::load(None, &overrides).expect("configuration");
-    let tiled = slide::run(&config, None, false, Shard::ALL).expect("tile");
+    let tiled = slide::run(&config, None, &StageOptions::default()).expect("tile");
     let d = features::devices(&device).expect("device")[0];
     let kind = match precision.as_str() {
         "fp16" => Kind::Half,
@@ -98,7 +98,7 @@ fn main() {
     }
 
     // The ceiling: the model alone on ready batches of the same size (also warms cuDNN up).
-    let mut encoder = Encoder::new(EncoderKind::Resnet50Trunc, d, None, 1).expect("encoder");
+    let mut encoder = Encoder::new(&resnet2d::RESNET50_TRUNC, d, None, 1).expect("encoder");
     encoder.set_precision(kind);
     if d.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -106,16 +106,16 @@ fn main() {
     let pixels: Vec<u8> = (0..batch * 256 * 256 * 3)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
-    let mut stager = features::Stager::new(d);
+    let mut stager = features::Stager::new(d, &resnet2d::RESNET50_TRUNC.normalization);
     let warm = if d.is_cuda() { 3 } else { 1 };
     for _ in 0..warm {
         let _ = features::embed(&encoder, &pixels, batch, 256, kind, &mut stager);
     }
     // The same number of patches as end to end on a GPU; on a CPU a few batches are enough.
     let target = if d.is_cuda() {
-        tiled.patches
+        tiled.detail.patches
     } else {
-        tiled.patches.min(2 * batch)
+        tiled.detail.patches.min(2 * batch)
     }
     .max(batch);
     let started = Instant::now();
@@ -153,9 +153,13 @@ fn main() {
     drop(pool);
 
     println!("One reader thread, slide with the most patches: {per_reader}\n");
-    let report = features::run(&config, true, true, Shard::ALL).expect("features");
+    let report = features::run(
+        &config,
+        &StageOptions::default().force(true).random_weights(true),
+    )
+    .expect("features");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    let t = report.timing;
+    let t = report.detail.timing;
     let end_to_end = t.patches as f64 / t.wall_s;
     println!("| features ({name}, {precision}, batch {batch}) | slides | patches | end to end patches/s | model alone patches/s | end to end / model alone | readers alone ({readers} threads) patches/s | OpenSlide read s (all readers) | resize s (all readers) | model s | waiting for batches s | wall s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use hdmoe_pipe::model::loss::nll_survival;
-use hdmoe_pipe::model::{Hdmoe, Inputs, ModelSpec};
+use hdmoe_pipe::model::{self, Inputs, LossTerm, ModelSpec};
 use hdmoe_pipe::train::adam::Adam;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -46,7 +46,7 @@ fn median(values: &[f64]) -> f64 {
 fn time_ours(device: Device, timings: &mut Timings) {
     for g in TOKEN_LENGTHS {
         let vs = nn::VarStore::new(device);
-        let model = Hdmoe::new(&vs.root(), ModelSpec::wsi_genomics(GROUPS.to_vec(), g));
+        let model = model::build(&vs.root(), ModelSpec::wsi_genomics(GROUPS.to_vec(), g));
         let params: Vec<Tensor> = vs.trainable_variables();
         let mut adam = Adam::new(&params, 5e-4, 1e-5);
         for n in BAGS {
@@ -62,8 +62,8 @@ fn time_ours(device: Device, timings: &mut Timings) {
                 let start = Instant::now();
                 let out = model.forward(&inputs, (4, 8), true);
                 let loss = nll_survival(&out.hazards, &out.survival, 1, false)
-                    + out.decoupling
-                    + out.balance * 0.01;
+                    + out.loss(LossTerm::Decoupling)
+                    + out.loss(LossTerm::Balance) * 0.01;
                 let grads = Tensor::run_backward(&[loss], &params, false, false);
                 adam.step(&params, &grads);
                 // Reading a value waits for the device to finish the step.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::genomics;
+use hdmoe_pipe::stage::StageOptions;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -44,9 +45,10 @@ fn main() {
         let mut patients = 0;
         for _ in 0..runs {
             let start = Instant::now();
-            let report = genomics::run(&config, true).expect("genomics stage");
+            let report = genomics::run(&config, &StageOptions::default().force(true))
+                .expect("genomics stage");
             seconds.push(start.elapsed().as_secs_f64());
-            patients = report.patients;
+            patients = report.done;
         }
         seconds.sort_by(f64::total_cmp);
         let median = seconds[runs / 2];

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::mri::{self, nifti, synthetic};
-use hdmoe_pipe::shard::Shard;
+use hdmoe_pipe::stage::StageOptions;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -39,7 +39,11 @@ fn main() {
         let seconds: Vec<f64> = (0..3)
             .map(|_| {
                 let start = Instant::now();
-                let report = mri::run(&config, true, true, Shard::ALL).expect("mri stage");
+                let report = mri::run(
+                    &config,
+                    &StageOptions::default().force(true).random_weights(true),
+                )
+                .expect("mri stage");
                 assert!(report.failed.is_empty(), "{:?}", report.failed);
                 start.elapsed().as_secs_f64()
             })

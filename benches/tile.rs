@@ -67,8 +67,12 @@ fn child(path: &Path, sets: &[String], runs: usize) {
     std::os::unix::fs::symlink(path, &link).expect("symlink");
     for _ in 0..runs {
         let start = Instant::now();
-        let report = slide::run(&config, Some(&dir), true, hdmoe_pipe::shard::Shard::ALL)
-            .expect("tile stage");
+        let report = slide::run(
+            &config,
+            Some(&dir),
+            &hdmoe_pipe::stage::StageOptions::default().force(true),
+        )
+        .expect("tile stage");
         assert_eq!(report.done, 1, "{report:?}");
         total.push(start.elapsed().as_secs_f64());
     }
@@ -153,8 +157,12 @@ fn cohort(slide: &Path, n: usize, work: &Path) -> (f64, Option<f64>) {
     )
     .expect("configuration");
     let started = Instant::now();
-    let report =
-        slide::run(&config, Some(&dir), true, hdmoe_pipe::shard::Shard::ALL).expect("tile");
+    let report = slide::run(
+        &config,
+        Some(&dir),
+        &hdmoe_pipe::stage::StageOptions::default().force(true),
+    )
+    .expect("tile");
     assert_eq!(report.done, n, "{report:?}");
     let ours = started.elapsed().as_secs_f64() / n as f64;
     let theirs = (|| {

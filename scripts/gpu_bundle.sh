@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, on this machine, what scripts/gpu_check.sh runs on a CUDA node that has PyTorch 2.11
-# but no Rust toolchain: the hdmoe-pipe binary, the GPU test binary (tests/gpu.rs) and the
+# but no Rust toolchain: the hdmoe-pipe binary, the integration test binary (tests/it; scripts/gpu_check.sh runs its gpu:: tests) and the
 # features and fit benchmark binaries (stripped, xz-compressed), the shared libraries such a node
 # lacks (libopenslide and its dependencies, libhdf5: everything ldd lists outside glibc, the C++
 # runtime and libtorch), and the H&E tiles the large benchmark slide is made from.
@@ -14,12 +14,12 @@ CARGO="scripts/cargo.sh $VENV"
 TARGET=${CARGO_TARGET_DIR:-target}
 
 $CARGO build
-$CARGO test --no-run --test gpu
+$CARGO test --no-run --test it
 $CARGO bench --no-run --profile dev --bench features --bench fit
 
 newest() { ls -t "$TARGET"/debug/deps/"$1"-* | grep -v '\.d$' | head -1; }
 rm -rf "$OUT" && mkdir -p "$OUT/images" /tmp/gpu_bundle_strip
-for pair in "hdmoe-pipe:$TARGET/debug/hdmoe-pipe" "gpu-tests:$(newest gpu)" \
+for pair in "hdmoe-pipe:$TARGET/debug/hdmoe-pipe" "gpu-tests:$(newest it)" \
   "bench-features:$(newest features)" "bench-fit:$(newest fit)"; do
   name=${pair%%:*}
   strip -o /tmp/gpu_bundle_strip/"$name" "${pair#*:}"

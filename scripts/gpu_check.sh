@@ -31,7 +31,7 @@ bin hdmoe-pipe doctor | tee -a "$OUT/device.txt"
 
 if [ "$ONLY" = all ]; then
 section "GPU tests"
-bin gpu-tests --test-threads 1 --nocapture 2>&1 | tee "$OUT/gpu_tests.txt" | grep -v '^$'
+bin gpu-tests gpu:: --test-threads 1 --nocapture 2>&1 | tee "$OUT/gpu_tests.txt" | grep -v '^$'
 
 fi
 

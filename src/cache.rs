@@ -4,6 +4,8 @@
 //! A stage decides whether an existing output can be kept by comparing its recorded
 //! parameters with the current ones ([`Freshness`]); a mismatch is refused unless the user
 //! passes `--force`, so features (or genomic groups) made with other settings are never mixed.
+//! The per-item loop around this (shards, manifest saves, summaries) is `crate::stage`; `fit`
+//! stamps its folds with the same [`Parameters`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -51,7 +53,8 @@ impl Parameters {
         self
     }
 
-    fn joined(&self) -> String {
+    /// One `key=value` line per key, in key order (values are single lines).
+    pub fn joined(&self) -> String {
         let mut text = String::new();
         for (key, value) in &self.0 {
             let _ = writeln!(text, "{key}={value}");
@@ -59,7 +62,8 @@ impl Parameters {
         text
     }
 
-    fn parse(text: &str) -> Self {
+    /// Reads [`Parameters::joined`]'s text back.
+    pub fn parse(text: &str) -> Self {
         Self(
             text.lines()
                 .filter_map(|line| line.split_once('='))

@@ -1,8 +1,13 @@
 //! The `pipelines/<dataset>.yaml` schema, its defaults, and `--set` overrides.
 //!
 //! Every key has a default, so a minimal file names only paths. Unknown keys and wrong types are
-//! refused before any work starts, with the key's full path in the message. The reference for
-//! every key is `docs/CONFIG.md`.
+//! refused before any work starts, with the key's full path in the message; each section checks
+//! its own values (`validate` beside its struct). The reference for every key is
+//! `docs/CONFIG.md`.
+//!
+//! To add a key: a field with a doc comment and a default in its section's struct, its check
+//! in that section's `validate`, and a row in docs/CONFIG.md with the same default (the test
+//! `every_key_is_documented_with_its_default` fails until it is there).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,8 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
-use crate::encode::EncoderKind;
-pub use crate::features::FeaturesConfig;
+use crate::encode::{resnet2d, resnet3d, PatchEncoder, VolumeEncoder};
+use crate::features::Precision;
 use crate::model::loss::Distance;
 use crate::model::{Architecture, MoeOutputRule, RfrEval, UnchosenExperts};
 use crate::survival::RiskSplitRule;
@@ -36,6 +41,19 @@ pub enum ConfigError {
     },
     #[error("--set {raw:?}: {message}")]
     Override { raw: String, message: String },
+}
+
+/// A value a section refuses: its key within the section and why.
+struct Invalid {
+    key: &'static str,
+    message: String,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid {
+        key,
+        message: message.into(),
+    })
 }
 
 /// The whole configuration of one dataset.
@@ -68,6 +86,26 @@ pub struct DatasetConfig {
     pub name: String,
     /// One modality (a unimodal baseline) or two (WSI with genomics or MRI).
     pub modalities: Vec<Modality>,
+}
+
+impl DatasetConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let modalities = &self.modalities;
+        let distinct: BTreeSet<_> = modalities.iter().collect();
+        if modalities.is_empty() || modalities.len() > 2 || distinct.len() != modalities.len() {
+            return invalid(
+                "modalities",
+                format!("must name one or two different modalities, got {modalities:?}"),
+            );
+        }
+        if modalities.len() == 2 && !modalities.contains(&Modality::Wsi) {
+            return invalid(
+                "modalities",
+                "a pair must include wsi (wsi + genomics or wsi + mri)",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for DatasetConfig {
@@ -169,6 +207,49 @@ pub struct TileConfig {
     pub workers: usize,
 }
 
+impl TileConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let positive = |m: f64| m > 0.0 && m.is_finite();
+        if !positive(self.target_mpp) {
+            return invalid(
+                "target_mpp",
+                format!(
+                    "must be a positive number of um/px, got {}",
+                    self.target_mpp
+                ),
+            );
+        }
+        if self.patch_size == 0 || self.step == 0 {
+            return invalid("patch_size", "patch_size and step must be at least 1 pixel");
+        }
+        if !(self.seg_downsample >= 1.0 && self.seg_downsample.is_finite()) {
+            return invalid(
+                "seg_downsample",
+                format!("must be at least 1, got {}", self.seg_downsample),
+            );
+        }
+        if self.seg_strip_mpp.is_some_and(|m| !positive(m)) {
+            return invalid(
+                "seg_strip_mpp",
+                "must be a positive number of um/px (or null)",
+            );
+        }
+        if self.mthresh.is_some_and(|k| k % 2 == 0 || k > 15) {
+            return invalid(
+                "mthresh",
+                "the median kernel must be odd and at most 15 (CLAM: 7)",
+            );
+        }
+        if self.close.is_some_and(|k| k > 15) {
+            return invalid("close", "the closing kernel must be at most 15 (CLAM: 4)");
+        }
+        if self.fallback_mpp.is_some_and(|m| !positive(m)) {
+            return invalid("fallback_mpp", "must be a positive number of um/px");
+        }
+        Ok(())
+    }
+}
+
 impl Default for TileConfig {
     fn default() -> Self {
         Self {
@@ -190,6 +271,71 @@ impl Default for TileConfig {
             fallback_mpp: None,
             allow_upsample: false,
             workers: 0,
+        }
+    }
+}
+
+/// The configuration's `features` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// A patch encoder of `encode::registry` (`resnet50_trunc` 1024-d, CLAM's; `resnet50`
+    /// 2048-d).
+    #[serde(with = "crate::encode::registry::patch")]
+    pub encoder: &'static PatchEncoder,
+    /// torchvision's ResNet-50 state dict (.pth or .safetensors).
+    pub weights: Option<PathBuf>,
+    /// Run without `weights` on seeded random ones (outputs stamped NOT pretrained), as
+    /// `--random-weights` does; the demo sets it because it ships no ImageNet weights.
+    pub random_weights: bool,
+    /// Encoder input side: null = the patch size (legacy CLAM, 256 unresized); 224 = current CLAM.
+    pub resize: Option<u32>,
+    pub batch_size: usize,
+    /// `auto` (every CUDA device, else the CPU), `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    pub precision: Precision,
+    /// Reader threads (0 = one per core, less two per GPU when on CUDA).
+    pub readers: usize,
+    /// Ready batches buffered between the readers and the model.
+    pub queue_batches: usize,
+    /// Decode JPEG-tiled levels at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the read
+    /// size is that multiple of the input size, instead of OpenSlide's full decode + resize.
+    pub fast_jpeg: bool,
+}
+
+impl FeaturesConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.batch_size == 0 || self.resize == Some(0) {
+            return invalid("batch_size", "batch_size and resize must be at least 1");
+        }
+        if let (Some(needed), Some(resize)) = (self.encoder.input_size, self.resize) {
+            if needed != resize {
+                return invalid(
+                    "resize",
+                    format!(
+                        "`{}` takes {needed}x{needed} inputs; set resize: {needed} or null",
+                        self.encoder.name
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            encoder: &resnet2d::RESNET50_TRUNC,
+            weights: None,
+            random_weights: false,
+            resize: None,
+            batch_size: 64,
+            device: "auto".into(),
+            precision: Precision::Fp32,
+            readers: 0,
+            queue_batches: 4,
+            fast_jpeg: true,
         }
     }
 }
@@ -247,8 +393,9 @@ pub struct MriConfig {
     pub output_size: [usize; 3],
     /// Intensities are clipped to these percentiles of the crop before z-scoring.
     pub clip_percentiles: [f64; 2],
-    /// `resnet3d_18` (512-d) or `resnet50_slices` (2048-d).
-    pub encoder: EncoderKind,
+    /// A volume encoder of `encode::registry` (`resnet3d_18` 512-d, `resnet50_slices` 2048-d).
+    #[serde(with = "crate::encode::registry::volume")]
+    pub encoder: &'static VolumeEncoder,
     /// torchvision state dict (.pth or .safetensors) for the encoder.
     pub weights: Option<PathBuf>,
     /// Run without `weights` on seeded random ones, as `--random-weights` does.
@@ -256,6 +403,28 @@ pub struct MriConfig {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     pub volume_4d: Volume4d,
+}
+
+impl MriConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.sequences.is_empty() {
+            return invalid("sequences", "must name at least one sequence");
+        }
+        if self.output_size.contains(&0) || self.margin_mm.is_nan() || self.margin_mm < 0.0 {
+            return invalid(
+                "output_size",
+                "output sizes must be positive and margin_mm non-negative",
+            );
+        }
+        let [lo, hi] = self.clip_percentiles;
+        if !(0.0 <= lo && lo < hi && hi <= 100.0) {
+            return invalid(
+                "clip_percentiles",
+                format!("need 0 <= low < high <= 100, got [{lo}, {hi}]"),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for MriConfig {
@@ -268,7 +437,7 @@ impl Default for MriConfig {
             margin_mm: 10.0,
             output_size: [64, 64, 32],
             clip_percentiles: [0.5, 99.5],
-            encoder: EncoderKind::Resnet3d18,
+            encoder: &resnet3d::R3D_18,
             weights: None,
             random_weights: false,
             device: "auto".into(),
@@ -323,7 +492,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             preset: ModelPreset::Paper,
-            architecture: Architecture::Hdmoe,
+            architecture: Architecture::HDMOE,
             token_length: None,
             dim: 256,
             heads: 8,
@@ -345,6 +514,26 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let g = self.resolved_token_length();
+        if g <= 1 || g % 2 != 0 || self.dim % g != 0 || self.dim % self.heads != 0 {
+            return invalid(
+                "token_length",
+                format!(
+                    "token length {g} must be even and divide model.dim ({}), and heads must divide dim",
+                    self.dim
+                ),
+            );
+        }
+        if self.top_k < 1 || self.top_k > self.experts {
+            return invalid(
+                "top_k",
+                format!("must be in 1..=experts ({})", self.experts),
+            );
+        }
+        Ok(())
+    }
+
     pub fn resolved_token_length(&self) -> i64 {
         self.token_length.unwrap_or(match self.preset {
             ModelPreset::Paper => 64,
@@ -408,6 +597,25 @@ pub struct TrainConfig {
     pub device: String,
 }
 
+impl TrainConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let folds: BTreeSet<_> = self.folds.iter().collect();
+        if folds.is_empty() || folds.len() != self.folds.len() {
+            return invalid(
+                "folds",
+                format!("must list distinct folds, got {:?}", self.folds),
+            );
+        }
+        if self.accumulate == 0 || self.epochs == 0 {
+            return invalid("epochs", "epochs and accumulate must be at least 1");
+        }
+        if !(self.nested_fraction > 0.0 && self.nested_fraction < 0.5) {
+            return invalid("nested_fraction", "must lie in (0, 0.5)");
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -453,6 +661,19 @@ pub struct ReportConfig {
     pub ttest: TTestKind,
     /// Level of the Kaplan–Meier confidence bands.
     pub ci_level: f64,
+}
+
+impl ReportConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let level = self.ci_level;
+        if !(level > 0.0 && level < 1.0) {
+            return invalid(
+                "ci_level",
+                format!("must lie strictly between 0 and 1, got {level}"),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for ReportConfig {
@@ -504,168 +725,25 @@ impl Config {
             .get_or_insert_with(|| Path::new("runs").join(&name));
     }
 
+    /// Every section's own checks, in file order; the first refusal names its full key.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Key {
-            origin: origin.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        let modalities = &self.dataset.modalities;
-        let distinct: BTreeSet<_> = modalities.iter().collect();
-        if modalities.is_empty() || modalities.len() > 2 || distinct.len() != modalities.len() {
-            return Err(invalid(
-                "dataset.modalities",
-                format!("must name one or two different modalities, got {modalities:?}"),
-            ));
-        }
-        if modalities.len() == 2 && !modalities.contains(&Modality::Wsi) {
-            return Err(invalid(
-                "dataset.modalities",
-                "a pair must include wsi (wsi + genomics or wsi + mri)".into(),
-            ));
-        }
-        let folds: BTreeSet<_> = self.train.folds.iter().collect();
-        if folds.is_empty() || folds.len() != self.train.folds.len() {
-            return Err(invalid(
-                "train.folds",
-                format!("must list distinct folds, got {:?}", self.train.folds),
-            ));
-        }
-        let tile = &self.tile;
-        if !(tile.target_mpp > 0.0 && tile.target_mpp.is_finite()) {
-            return Err(invalid(
-                "tile.target_mpp",
-                format!(
-                    "must be a positive number of um/px, got {}",
-                    tile.target_mpp
-                ),
-            ));
-        }
-        if tile.patch_size == 0 || tile.step == 0 {
-            return Err(invalid(
-                "tile.patch_size",
-                "patch_size and step must be at least 1 pixel".into(),
-            ));
-        }
-        if !(tile.seg_downsample >= 1.0 && tile.seg_downsample.is_finite()) {
-            return Err(invalid(
-                "tile.seg_downsample",
-                format!("must be at least 1, got {}", tile.seg_downsample),
-            ));
-        }
-        if tile
-            .seg_strip_mpp
-            .is_some_and(|m| !(m > 0.0 && m.is_finite()))
-        {
-            return Err(invalid(
-                "tile.seg_strip_mpp",
-                "must be a positive number of um/px (or null)".into(),
-            ));
-        }
-        if tile.mthresh.is_some_and(|k| k % 2 == 0 || k > 15) {
-            return Err(invalid(
-                "tile.mthresh",
-                "the median kernel must be odd and at most 15 (CLAM: 7)".into(),
-            ));
-        }
-        if tile.close.is_some_and(|k| k > 15) {
-            return Err(invalid(
-                "tile.close",
-                "the closing kernel must be at most 15 (CLAM: 4)".into(),
-            ));
-        }
-        if tile
-            .fallback_mpp
-            .is_some_and(|m| !(m > 0.0 && m.is_finite()))
-        {
-            return Err(invalid(
-                "tile.fallback_mpp",
-                "must be a positive number of um/px".into(),
-            ));
-        }
-        let features = &self.features;
-        if !matches!(
-            features.encoder,
-            EncoderKind::Resnet50Trunc | EncoderKind::Resnet50
-        ) {
-            return Err(invalid(
-                "features.encoder",
-                format!(
-                    "`{}` is not a slide encoder; use resnet50_trunc or resnet50",
-                    features.encoder.name()
-                ),
-            ));
-        }
-        if features.batch_size == 0 || features.resize == Some(0) {
-            return Err(invalid(
-                "features.batch_size",
-                "batch_size and resize must be at least 1".into(),
-            ));
-        }
-        let mri = &self.mri;
-        if mri.sequences.is_empty() {
-            return Err(invalid(
-                "mri.sequences",
-                "must name at least one sequence".into(),
-            ));
-        }
-        if !matches!(
-            mri.encoder,
-            EncoderKind::Resnet3d18 | EncoderKind::Resnet50Slices
-        ) {
-            return Err(invalid(
-                "mri.encoder",
-                format!(
-                    "`{}` is a slide encoder; use resnet3d_18 or resnet50_slices",
-                    mri.encoder.name()
-                ),
-            ));
-        }
-        if mri.output_size.contains(&0) || mri.margin_mm.is_nan() || mri.margin_mm < 0.0 {
-            return Err(invalid(
-                "mri.output_size",
-                "output sizes must be positive and margin_mm non-negative".into(),
-            ));
-        }
-        let [lo, hi] = mri.clip_percentiles;
-        if !(0.0 <= lo && lo < hi && hi <= 100.0) {
-            return Err(invalid(
-                "mri.clip_percentiles",
-                format!("need 0 <= low < high <= 100, got [{lo}, {hi}]"),
-            ));
-        }
-        let m = &self.model;
-        let g = m.resolved_token_length();
-        if g <= 1 || g % 2 != 0 || m.dim % g != 0 || m.dim % m.heads != 0 {
-            return Err(invalid(
-                "model.token_length",
-                format!("token length {g} must be even and divide model.dim ({}), and heads must divide dim", m.dim),
-            ));
-        }
-        if m.top_k < 1 || m.top_k > m.experts {
-            return Err(invalid(
-                "model.top_k",
-                format!("must be in 1..=experts ({})", m.experts),
-            ));
-        }
-        if self.train.accumulate == 0 || self.train.epochs == 0 {
-            return Err(invalid(
-                "train.epochs",
-                "epochs and accumulate must be at least 1".into(),
-            ));
-        }
-        if !(self.train.nested_fraction > 0.0 && self.train.nested_fraction < 0.5) {
-            return Err(invalid(
-                "train.nested_fraction",
-                "must lie in (0, 0.5)".into(),
-            ));
-        }
-        let level = self.report.ci_level;
-        if !(level > 0.0 && level < 1.0) {
-            return Err(invalid(
-                "report.ci_level",
-                format!("must lie strictly between 0 and 1, got {level}"),
-            ));
+        let checks = [
+            ("dataset", self.dataset.validate()),
+            ("tile", self.tile.validate()),
+            ("features", self.features.validate()),
+            ("mri", self.mri.validate()),
+            ("model", self.model.validate()),
+            ("train", self.train.validate()),
+            ("report", self.report.validate()),
+        ];
+        for (section, check) in checks {
+            if let Err(Invalid { key, message }) = check {
+                return Err(ConfigError::Key {
+                    origin: origin.to_owned(),
+                    key: format!("{section}.{key}"),
+                    message,
+                });
+            }
         }
         Ok(())
     }
@@ -855,13 +933,102 @@ mod tests {
         std::fs::write(&path, c.to_yaml()).unwrap();
         assert_eq!(Config::load(Some(&path), &[]).unwrap(), c);
         let d = load_str("", &["mri.encoder=resnet3d_18"]).unwrap();
-        assert_eq!(d.mri.encoder, EncoderKind::Resnet3d18);
+        assert_eq!(d.mri.encoder, &resnet3d::R3D_18);
         let e = load_str("", &["mri.encoder=resnet50"])
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("`mri.encoder`") && e.contains("slide encoder"),
             "{e}"
+        );
+    }
+
+    /// The rows of `## `section`` in docs/CONFIG.md: (key names of the first cell, default cell).
+    fn documented(section: &str) -> Vec<(Vec<String>, String)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIG.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let heading = format!("## `{section}`");
+        let start = text
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no {heading}"));
+        let body = &text[start + heading.len()..];
+        let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+        body.lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let keys = cells[0]
+                    .trim_start_matches("| ")
+                    .split(", ")
+                    .map(|k| k.trim_matches('`').to_owned())
+                    .collect();
+                (keys, cells.get(1).unwrap_or(&"").trim().to_owned())
+            })
+            .collect()
+    }
+
+    /// A default cell's value: the YAML between its first pair of backticks.
+    fn same_value(cell: &str, value: &Value) -> bool {
+        let Some(inner) = cell.split('`').nth(1) else {
+            return false;
+        };
+        let Ok(documented) = serde_yaml::from_str::<Value>(inner) else {
+            return false;
+        };
+        match (&documented, value) {
+            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+            _ => &documented == value,
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented_with_its_default() {
+        let defaults = serde_yaml::to_value(Config::default()).unwrap();
+        let Value::Mapping(sections) = defaults else {
+            panic!("the configuration is a mapping");
+        };
+        let mut problems = Vec::new();
+        for (section, keys) in &sections {
+            let section = section.as_str().unwrap();
+            let rows = documented(section);
+            let Value::Mapping(keys) = keys else { continue };
+            for (key, value) in keys {
+                let key = key.as_str().unwrap();
+                let Some((_, cell)) = rows
+                    .iter()
+                    .find(|(names, _)| names.iter().any(|n| n == key))
+                else {
+                    problems.push(format!("{section}.{key}: no row in docs/CONFIG.md"));
+                    continue;
+                };
+                // Null and empty defaults are derived (from the file name, the cache, the
+                // preset) and documented in words; every other must be the value itself.
+                let derived = value.is_null() || value.as_str() == Some("");
+                let ok = if derived {
+                    !cell.is_empty()
+                } else {
+                    same_value(cell, value)
+                };
+                if !ok {
+                    let shown = serde_yaml::to_string(value).unwrap_or_default();
+                    problems.push(format!(
+                        "{section}.{key}: documented default {cell:?}, the code's is {}",
+                        shown.trim()
+                    ));
+                }
+            }
+            for (names, _) in &rows {
+                for name in names {
+                    if !keys.contains_key(Value::String(name.clone())) {
+                        problems.push(format!("{section}.{name}: documented, but no such key"));
+                    }
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "docs/CONFIG.md and the schema differ:\n{}",
+            problems.join("\n")
         );
     }
 

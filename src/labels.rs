@@ -29,6 +29,14 @@ pub struct CohortReport {
     pub summary: String,
 }
 
+impl std::fmt::Display for CohortReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+impl crate::stage::Outcome for CohortReport {}
+
 /// Reads and checks the cohort (and the splits when `paths.splits` is set); writes
 /// `labels_out` when given.
 pub fn run(config: &Config, labels_out: Option<&Path>) -> Result<CohortReport, LabelsError> {
@@ -45,6 +53,7 @@ pub fn run(config: &Config, labels_out: Option<&Path>) -> Result<CohortReport, L
                 source,
             }
         })?;
+        tracing::info!("wrote {}", out.display());
     }
     let summary = summarise(&cohort, &splits);
     Ok(CohortReport {

@@ -1,4 +1,6 @@
-//! The `hdmoe-pipe` command line: parse, load the configuration, dispatch to a stage.
+//! The `hdmoe-pipe` command line: parse the arguments, load the configuration, dispatch to the
+//! library. Each command returns an [`ExitStatus`]; what it prints, and what its status is,
+//! the library decides (`stage::Outcome`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
 use hdmoe_pipe::shard::Shard;
+use hdmoe_pipe::stage::{self, ExitStatus, StageOptions};
 use hdmoe_pipe::{doctor, features, genomics, labels, mri, pipeline, report, slide, train};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
@@ -44,13 +47,13 @@ enum Command {
     Tile(TileCmd),
     /// Encode every tiled slide's patches with a ResNet-50 (GPU when present):
     /// cache/features/<slide>.h5 with `features` [N, D] and `coords` (CLAM's h5_files layout).
-    Features(MriCmd),
+    Features(EncodeCmd),
     /// Group the cohort table's gene columns into the gene families of signatures.csv
     /// (cache/genomics.h5, one row per patient, raw values).
     Genomics(StageCmd),
     /// Crop each case's MRI sequences around the tumour mask and encode them with a 3-D ResNet
     /// (cache/mri/<case>.h5, one feature row per sequence).
-    Mri(MriCmd),
+    Mri(EncodeCmd),
     /// Train HDMoE (or a unimodal baseline) fold by fold on the cached features; writes
     /// runs/<name>/{fold_<k>/…, predictions.csv, summary.csv}. Resumes an interrupted fit.
     Fit(StageCmd),
@@ -103,25 +106,6 @@ struct RunCmd {
     plan: bool,
 }
 
-/// A stage that completed while some of its items failed (exit status 3).
-#[derive(Debug)]
-struct PartialFailure(String);
-
-impl std::fmt::Display for PartialFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PartialFailure {}
-
-/// Returns a PartialFailure error from a stage command.
-macro_rules! partial {
-    ($($arg:tt)*) => {
-        return Err(PartialFailure(format!($($arg)*)).into())
-    };
-}
-
 #[derive(Args)]
 struct ConfigArgs {
     /// The dataset's YAML file (pipelines/<name>.yaml). Without it, the defaults are used.
@@ -156,6 +140,12 @@ struct StageCmd {
     force: bool,
 }
 
+impl StageCmd {
+    fn options(&self) -> StageOptions {
+        StageOptions::default().force(self.force)
+    }
+}
+
 #[derive(Args)]
 struct PredictCmd {
     #[command(flatten)]
@@ -171,8 +161,9 @@ struct PredictCmd {
     out: Option<PathBuf>,
 }
 
+/// The arguments of the stages that run an encoder (features, mri).
 #[derive(Args)]
-struct MriCmd {
+struct EncodeCmd {
     #[command(flatten)]
     stage: StageCmd,
     /// Run without encoder weights (`features.weights` / `mri.weights`): seeded random weights
@@ -182,6 +173,15 @@ struct MriCmd {
     /// Handle only shard I of N (slides or cases in name order, every N-th from I), e.g. 0/3.
     #[arg(long, value_name = "I/N", default_value = "0/1")]
     shard: Shard,
+}
+
+impl EncodeCmd {
+    fn options(&self) -> StageOptions {
+        self.stage
+            .options()
+            .random_weights(self.random_weights)
+            .shard(self.shard)
+    }
 }
 
 #[derive(Args)]
@@ -240,18 +240,15 @@ fn init_logging(quiet: bool, verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+fn run(cli: Cli) -> Result<ExitStatus> {
+    Ok(match cli.command {
         Command::Config(args) => {
             print!("{}", args.load()?.to_yaml());
+            ExitStatus::Success
         }
         Command::Cohort(args) => {
             let config = args.config.load()?;
-            let result = labels::run(&config, args.labels_out.as_deref())?;
-            print!("{}", result.summary);
-            if let Some(path) = &args.labels_out {
-                tracing::info!("wrote {}", path.display());
-            }
+            stage::finish(&labels::run(&config, args.labels_out.as_deref())?)
         }
         Command::Tile(args) => {
             let mut overrides = args.stage.config.set.clone();
@@ -259,132 +256,29 @@ fn run(cli: Cli) -> Result<()> {
                 overrides.push(format!("tile.fallback_mpp={mpp}"));
             }
             let config = Config::load(args.stage.config.config.as_deref(), &overrides)?;
-            let result = slide::run(
-                &config,
-                args.slides.as_deref(),
-                args.stage.force,
-                args.shard,
-            )?;
-            println!(
-                "tile: {} slides tiled ({} patches), {} kept (same parameters), {} without tissue, {} failed; manifest {}",
-                result.done,
-                result.patches,
-                result.kept,
-                result.no_tissue.len(),
-                result.failed.len(),
-                result.manifest.display()
-            );
-            let bad = result.failed.len() + result.no_tissue.len();
-            if bad > 0 {
-                partial!(
-                    "tile: {bad} of {} slides gave no patches ({} failed, {} without tissue; listed in {})",
-                    bad + result.done + result.kept,
-                    result.failed.len(),
-                    result.no_tissue.len(),
-                    result.manifest.display()
-                );
-            }
+            let options = args.stage.options().shard(args.shard);
+            stage::finish(&slide::run(&config, args.slides.as_deref(), &options)?)
         }
         Command::Features(args) => {
             let config = args.stage.config.load()?;
-            let result = features::run(&config, args.stage.force, args.random_weights, args.shard)?;
-            let t = &result.timing;
-            println!(
-                "features: {} slides encoded ({} patches, {:.1} patches/s on {}), {} kept (same parameters), {} failed; manifest {}",
-                result.done,
-                t.patches,
-                t.patches as f64 / t.wall_s.max(1e-9),
-                result.devices.join(", "),
-                result.kept,
-                result.failed.len(),
-                result.manifest.display()
-            );
-            if !result.failed.is_empty() {
-                partial!(
-                    "features: {} of {} slides failed (listed in {})",
-                    result.failed.len(),
-                    result.failed.len() + result.done + result.kept,
-                    result.manifest.display()
-                );
-            }
+            stage::finish(&features::run(&config, &args.options())?)
         }
         Command::Genomics(args) => {
             let config = args.config.load()?;
-            let result = genomics::run(&config, args.force)?;
-            let verb = if result.kept {
-                "kept (same parameters)"
-            } else {
-                "wrote"
-            };
-            println!(
-                "{verb} {}: {} patients",
-                result.output.display(),
-                result.patients
-            );
-            for group in &result.groups {
-                println!("  {:<32} {:>5} columns", group.key, group.columns.len());
-            }
-            if !result.failed.is_empty() {
-                partial!(
-                    "genomics: {} of {} patients failed (listed in {}/genomics_manifest.csv)",
-                    result.failed.len(),
-                    result.failed.len() + result.patients,
-                    config.cache_dir().display()
-                );
-            }
+            stage::finish(&genomics::run(&config, &args.options())?)
         }
         Command::Mri(args) => {
             let config = args.stage.config.load()?;
-            let result = mri::run(&config, args.stage.force, args.random_weights, args.shard)?;
-            println!(
-                "mri: {} cases encoded, {} kept (same parameters), {} failed; manifest {}",
-                result.done,
-                result.kept,
-                result.failed.len(),
-                result.manifest.display()
-            );
-            if !result.failed.is_empty() {
-                partial!(
-                    "mri: {} of {} cases failed (listed in {})",
-                    result.failed.len(),
-                    result.failed.len() + result.done + result.kept,
-                    result.manifest.display()
-                );
-            }
-        }
-        Command::Predict(args) => {
-            let config = args.config.load()?;
-            let result =
-                train::predict::run(&config, &args.checkpoint, args.fold, args.out.as_deref())?;
-            println!(
-                "{} patients predicted{} from {} (sha256 {})",
-                result.patients,
-                result
-                    .fold
-                    .map_or(String::new(), |k| format!(" (fold {k})")),
-                args.checkpoint.display(),
-                result.checkpoint_sha256
-            );
-            println!("predictions: {}", result.output.display());
+            stage::finish(&mri::run(&config, &args.options())?)
         }
         Command::Fit(args) => {
             let config = args.config.load()?;
-            let result = train::run(&config, args.force)?;
-            println!("fold  n_train  n_val  c_index_last  c_index_best (epoch; paper protocol)");
-            for f in &result.folds {
-                println!(
-                    "{:>4}  {:>7}  {:>5}  {:>12.4}  {:>12.4} ({})",
-                    f.fold, f.n_train, f.n_val, f.c_last, f.c_best, f.best_epoch
-                );
-            }
-            let stats = |pick: fn(&train::FoldResult) -> f64| {
-                let v: Vec<f64> = result.folds.iter().map(pick).collect();
-                report::tables::mean_std(&v).unwrap_or((f64::NAN, f64::NAN))
-            };
-            let (lm, ls) = stats(|f| f.c_last);
-            let (bm, bs) = stats(|f| f.c_best);
-            println!("last epoch {lm:.4} ± {ls:.4}; best epoch (optimistic) {bm:.4} ± {bs:.4}");
-            println!("run: {}", result.run_dir.display());
+            stage::finish(&train::run(&config, args.force)?)
+        }
+        Command::Predict(args) => {
+            let config = args.config.load()?;
+            let (checkpoint, out) = (&args.checkpoint, args.out.as_deref());
+            stage::finish(&train::predict::run(&config, checkpoint, args.fold, out)?)
         }
         Command::Report(args) => {
             let config = args.config.load()?;
@@ -397,156 +291,39 @@ fn run(cli: Cli) -> Result<()> {
             };
             let outputs = report::run(&report_args, &config.report)
                 .context("report failed; nothing was overwritten")?;
-            for note in &outputs.notes {
-                tracing::warn!("not computable: {note}");
-            }
-            if let Some((mean, std, folds)) = outputs.cindex_mean {
-                println!("C-index {mean:.4} ± {std:.4} over {folds} folds");
-            }
-            println!("report written to {}", report_args.out.display());
+            stage::finish(&outputs)
         }
         Command::Doctor => {
             for (name, value) in doctor::facts() {
                 println!("{name}: {value}");
             }
+            ExitStatus::Success
         }
-        Command::Run(args) => run_pipeline(&args)?,
+        Command::Run(args) => {
+            let config = args.stage.config.load()?;
+            if args.plan {
+                return Ok(stage::finish(&pipeline::Plan::new(&config)));
+            }
+            let exe = std::env::current_exe().context("cannot find this program's own path")?;
+            let options = pipeline::RunOptions {
+                exe: &exe,
+                config_file: args.stage.config.config.as_deref(),
+                overrides: &args.stage.config.set,
+                force: args.stage.force,
+                random_weights: args.random_weights,
+            };
+            stage::finish(&pipeline::run(&config, &options)?)
+        }
         Command::DemoMri(args) => {
             let config = args.config.load()?;
-            let root = config
-                .paths
-                .mri
-                .clone()
-                .context("configuration: `paths.mri` is not set; name the folder to write")?;
-            let cohort_path = config
-                .paths
-                .cohort
-                .clone()
-                .context("configuration: `paths.cohort` is not set")?;
-            let cohort = hdmoe_pipe::cohort::Cohort::read(&cohort_path)?;
-            let source = mri::nifti::read(&args.source)?;
-            let cases: Vec<String> = cohort.patients.iter().map(|p| p.case_id.clone()).collect();
-            let written = mri::synthetic::write_cohort(&root, &source, &cases)
-                .with_context(|| format!("{}: cannot write the demo MRI cases", root.display()))?;
-            println!(
-                "demo-mri: {written} case folders written, {} kept, in {}",
-                cases.len() - written,
-                root.display()
-            );
+            stage::finish(&mri::synthetic::write_demo(&config, &args.source)?)
         }
-    }
-    Ok(())
-}
-
-fn run_pipeline(args: &RunCmd) -> Result<()> {
-    let config = args.stage.config.load()?;
-    if args.plan {
-        println!("run_dir {}", config.run_dir().display());
-        for stage in pipeline::stages(&config) {
-            println!("stage {}", stage.name());
-        }
-        return Ok(());
-    }
-    let exe = std::env::current_exe().context("cannot find this program's own path")?;
-    let options = pipeline::RunOptions {
-        exe: &exe,
-        config_file: args.stage.config.config.as_deref(),
-        overrides: &args.stage.config.set,
-        force: args.stage.force,
-        random_weights: args.random_weights,
-    };
-    let records = pipeline::run(&config, &options)?;
-    let run_dir = config.run_dir();
-    println!();
-    println!("stage      outcome             seconds  peak RSS MB");
-    for r in &records {
-        println!(
-            "{:<10} {:<18} {:>8.1}  {:>11.0}",
-            r.stage.name(),
-            r.outcome.as_str(),
-            r.seconds,
-            r.peak_rss_mb
-        );
-    }
-    let cindex = run_dir.join("report").join(report::CINDEX_CSV);
-    if let Ok(text) = std::fs::read_to_string(&cindex) {
-        println!("\nC-index ({})", cindex.display());
-        // Numbers to four decimals, columns aligned: the table a user reads first.
-        let rows: Vec<Vec<String>> = text
-            .lines()
-            .map(|line| {
-                line.split(',')
-                    .map(|cell| match cell.parse::<f64>() {
-                        Ok(x) if cell.contains('.') => format!("{x:.4}"),
-                        _ => cell.to_owned(),
-                    })
-                    .collect()
-            })
-            .collect();
-        let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                rows.iter()
-                    .filter_map(|r| r.get(c))
-                    .map(String::len)
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in &rows {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:>w$}"))
-                .collect();
-            println!("  {}", cells.join("  "));
-        }
-    }
-    let html = run_dir.join("report").join(report::REPORT_HTML);
-    if html.is_file() {
-        println!("\nreport: {}", html.display());
-        println!(
-            "        {}",
-            run_dir.join("report").join(report::REPORT_MD).display()
-        );
-    }
-    let troubled: Vec<String> = records
-        .iter()
-        .filter(|r| r.outcome != pipeline::Outcome::Ok)
-        .map(|r| {
-            let detail = if r.message.is_empty() {
-                r.exit.clone()
-            } else {
-                r.message.clone()
-            };
-            format!("{} ({}: {detail})", r.stage.name(), r.outcome.as_str())
-        })
-        .collect();
-    if !troubled.is_empty() {
-        anyhow::bail!(
-            "run: {} of {} stages did not complete cleanly: {}; details in {}",
-            troubled.len(),
-            records.len(),
-            troubled.join("; "),
-            run_dir.join(pipeline::STAGES_CSV).display()
-        );
-    }
-    Ok(())
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     hdmoe_pipe::progress::set_quiet(cli.quiet);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            if error.downcast_ref::<PartialFailure>().is_some() {
-                ExitCode::from(pipeline::PARTIAL_EXIT as u8)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    stage::exit_code(run(cli))
 }

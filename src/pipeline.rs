@@ -1,4 +1,5 @@
-//! `hdmoe-pipe run`: every stage the configuration enables, in order, then the report.
+//! `hdmoe-pipe run`: every stage the configuration enables, in order, then the report. A new
+//! stage needs a `Stage` variant, its place in `stages` and its flags in `RunOptions::args`.
 //!
 //! Each stage runs as a child process of this same binary, exactly as a user would type it, so
 //! that its wall time and peak RSS are its own and a crash inside a native library (OpenSlide,
@@ -12,10 +13,11 @@ use std::time::Instant;
 
 use crate::atomic;
 use crate::config::{Config, Modality};
+use crate::report;
+use crate::stage::{self, ExitStatus, Outcome as CommandOutcome};
 
-/// Exit status of a stage that completed while some of its items (slides, cases, patients)
-/// failed: the others are done and later stages can use them.
-pub const PARTIAL_EXIT: i32 = 3;
+/// Exit status of a stage that completed while some of its items failed.
+const PARTIAL_EXIT: i32 = stage::PARTIAL_EXIT as i32;
 
 /// The per-run record of stage times, next to `predictions.csv`.
 pub const STAGES_CSV: &str = "stages.csv";
@@ -169,9 +171,107 @@ impl RunOptions<'_> {
     }
 }
 
+/// `run --plan`: the run folder and the stages this configuration enables, one per line
+/// (`run_dir <path>`, then `stage <name>`), for schedulers' scripts.
+pub struct Plan {
+    pub run_dir: PathBuf,
+    pub stages: Vec<Stage>,
+}
+
+impl Plan {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            run_dir: config.run_dir(),
+            stages: stages(config),
+        }
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "run_dir {}", self.run_dir.display())?;
+        for stage in &self.stages {
+            writeln!(f, "stage {}", stage.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl CommandOutcome for Plan {}
+
+/// What `run` did: one record per enabled stage, and where the report is.
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub records: Vec<StageRecord>,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f)?;
+        writeln!(f, "stage      outcome             seconds  peak RSS MB")?;
+        for r in &self.records {
+            writeln!(
+                f,
+                "{:<10} {:<18} {:>8.1}  {:>11.0}",
+                r.stage.name(),
+                r.outcome.as_str(),
+                r.seconds,
+                r.peak_rss_mb
+            )?;
+        }
+        let report_dir = self.run_dir.join("report");
+        let cindex = report_dir.join(report::CINDEX_CSV);
+        if let Some(table) = report::cindex_console_table(&cindex) {
+            writeln!(f, "\nC-index ({})", cindex.display())?;
+            write!(f, "{table}")?;
+        }
+        let html = report_dir.join(report::REPORT_HTML);
+        if html.is_file() {
+            writeln!(f, "\nreport: {}", html.display())?;
+            writeln!(
+                f,
+                "        {}",
+                report_dir.join(report::REPORT_MD).display()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl CommandOutcome for RunSummary {
+    /// A stage that failed or had failed items makes the whole run fail (exit 1).
+    fn problem(&self) -> Option<(ExitStatus, String)> {
+        let troubled: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| r.outcome != Outcome::Ok)
+            .map(|r| {
+                let detail = if r.message.is_empty() {
+                    r.exit.clone()
+                } else {
+                    r.message.clone()
+                };
+                format!("{} ({}: {detail})", r.stage.name(), r.outcome.as_str())
+            })
+            .collect();
+        (!troubled.is_empty()).then(|| {
+            (
+                ExitStatus::Failure,
+                format!(
+                    "run: {} of {} stages did not complete cleanly: {}; details in {}",
+                    troubled.len(),
+                    self.records.len(),
+                    troubled.join("; "),
+                    self.run_dir.join(STAGES_CSV).display()
+                ),
+            )
+        })
+    }
+}
+
 /// Runs the enabled stages; a stage that fails outright stops the ones after it, a stage with
 /// failed items does not. Returns one record per enabled stage.
-pub fn run(config: &Config, options: &RunOptions) -> Result<Vec<StageRecord>, PipelineError> {
+pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, PipelineError> {
     let run_dir = config.run_dir();
     std::fs::create_dir_all(&run_dir).map_err(|source| PipelineError::Output {
         path: run_dir.clone(),
@@ -198,7 +298,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<Vec<StageRecord>, Pi
         // killed run keeps what it measured.
         write_stages(&run_dir.join(STAGES_CSV), &records)?;
     }
-    Ok(records)
+    Ok(RunSummary { run_dir, records })
 }
 
 fn run_child(exe: &Path, args: &[String], stage: Stage) -> Result<StageRecord, PipelineError> {

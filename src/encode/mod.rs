@@ -1,14 +1,15 @@
-//! Image encoders shared by the features and mri stages: torchvision-compatible ResNets in
-//! libtorch, their weights, and the device they run on.
+//! Image encoders shared by the features and mri stages: the networks (torchvision-compatible
+//! ResNets in libtorch), their weights, and the device they run on. Which encoders exist is
+//! [`registry`]'s list; to add one, see its header.
 
 pub mod pth;
+pub mod registry;
 pub mod resnet2d;
 pub mod resnet3d;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
@@ -16,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 pub enum EncodeError {
     #[error("{path}: cannot read weights: {message}")]
     Unreadable { path: PathBuf, message: String },
-    #[error("{path}: not a {architecture} state dict: {message}")]
+    #[error("{path}: not a {architecture}: {message}")]
     WrongWeights {
         path: PathBuf,
         architecture: &'static str,
@@ -32,46 +33,7 @@ pub enum EncodeError {
     Torch(#[from] tch::TchError),
 }
 
-/// The encoders this build has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EncoderKind {
-    /// ResNet-50 through layer3, average pooled: 1024-d (CLAM, the MCAT family).
-    Resnet50Trunc,
-    /// The full ResNet-50, average pooled: 2048-d.
-    Resnet50,
-    /// 3-D ResNet-18 (torchvision `r3d_18`), average pooled: 512-d.
-    #[serde(rename = "resnet3d_18")]
-    Resnet3d18,
-    /// The full 2-D ResNet-50 over a volume's axial slices, averaged: 2048-d.
-    Resnet50Slices,
-}
-
-impl EncoderKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Resnet50Trunc => "resnet50_trunc",
-            Self::Resnet50 => "resnet50",
-            Self::Resnet3d18 => "resnet3d_18",
-            Self::Resnet50Slices => "resnet50_slices",
-        }
-    }
-
-    pub fn feature_dim(self) -> i64 {
-        match self {
-            Self::Resnet50Trunc => resnet2d::feature_dim(true),
-            Self::Resnet50 | Self::Resnet50Slices => resnet2d::feature_dim(false),
-            Self::Resnet3d18 => resnet3d::FEATURE_DIM,
-        }
-    }
-
-    fn architecture(self) -> &'static str {
-        match self {
-            Self::Resnet3d18 => "torchvision r3d_18",
-            _ => "torchvision resnet50",
-        }
-    }
-}
+pub use registry::{Network, PatchEncoder, VolumeEncoder};
 
 /// A residual block's output, relu(body(x) + shortcut(x)), where the shortcut is the identity
 /// or the downsampling branch.
@@ -110,7 +72,7 @@ impl WeightsSource {
 
 /// A built encoder with its weights, ready for inference.
 pub struct Encoder {
-    pub kind: EncoderKind,
+    pub network: &'static Network,
     pub device: Device,
     pub weights: WeightsSource,
     // Holds the network's parameters.
@@ -119,31 +81,24 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Builds `kind` on `device` and loads `weights` (or seeds a random initialisation).
+    /// Builds `network` on `device` and loads `weights` (or seeds a random initialisation).
     pub fn new(
-        kind: EncoderKind,
+        network: &'static Network,
         device: Device,
         weights: Option<&Path>,
         random_seed: u64,
     ) -> Result<Self, EncodeError> {
-        // libtorch's generator is global: hold the lock from seeding to the last initialised
-        // parameter, so encoders built on several threads still get their seed's weights.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // From seeding to the last initialised parameter, so encoders built on several threads
+        // still get their seed's weights.
+        let _generator = crate::torch_rng::lock();
         if weights.is_none() {
             tch::manual_seed(random_seed as i64);
         }
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let net = match kind {
-            EncoderKind::Resnet50Trunc => resnet2d::resnet50(&vs.root(), true),
-            EncoderKind::Resnet50 | EncoderKind::Resnet50Slices => {
-                resnet2d::resnet50(&vs.root(), false)
-            }
-            EncoderKind::Resnet3d18 => resnet3d::r3d_18(&vs.root()),
-        };
+        let net = (network.build)(&vs.root());
         let weights = match weights {
             Some(path) => {
-                let sha256 = load_weights(&mut vs, path, kind.architecture())?;
+                let sha256 = load_weights(&mut vs, path, network.weights)?;
                 WeightsSource::File {
                     path: path.to_owned(),
                     sha256,
@@ -153,7 +108,7 @@ impl Encoder {
         };
         vs.set_device(device);
         Ok(Self {
-            kind,
+            network,
             device,
             weights,
             vs,

@@ -5,6 +5,45 @@
 
 use tch::nn::{self, ConvConfig, ModuleT};
 
+use super::registry::{Network, PatchEncoder, VolumeEncoder, VolumeInput, IMAGENET};
+
+const WEIGHTS: &str = "torchvision resnet50 state dict";
+
+/// ResNet-50 through layer3, average pooled: 1024-d (CLAM, the MCAT family).
+pub static RESNET50_TRUNC: PatchEncoder = PatchEncoder {
+    network: Network {
+        name: "resnet50_trunc",
+        feature_dim: 1024,
+        weights: WEIGHTS,
+        build: truncated,
+    },
+    input_size: None,
+    normalization: IMAGENET,
+};
+
+/// The full ResNet-50, average pooled: 2048-d.
+pub static RESNET50: PatchEncoder = PatchEncoder {
+    network: Network {
+        name: "resnet50",
+        feature_dim: 2048,
+        weights: WEIGHTS,
+        build: full,
+    },
+    input_size: None,
+    normalization: IMAGENET,
+};
+
+/// The full 2-D ResNet-50 over a volume's axial slices, averaged: 2048-d.
+pub static RESNET50_SLICES: VolumeEncoder = VolumeEncoder {
+    network: Network {
+        name: "resnet50_slices",
+        feature_dim: 2048,
+        weights: WEIGHTS,
+        build: full,
+    },
+    input: VolumeInput::AxialSlices,
+};
+
 fn conv(vs: nn::Path, i: i64, o: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let config = ConvConfig {
         stride,
@@ -60,6 +99,14 @@ pub fn feature_dim(trunc: bool) -> i64 {
     } else {
         2048
     }
+}
+
+fn truncated(vs: &nn::Path) -> nn::SequentialT {
+    resnet50(vs, true)
+}
+
+fn full(vs: &nn::Path) -> nn::SequentialT {
+    resnet50(vs, false)
 }
 
 /// Input [N, 3, H, W] (ImageNet-normalised RGB), output [N, feature_dim].

@@ -4,6 +4,19 @@
 
 use tch::nn::{self, ConvConfigND, ModuleT};
 
+use super::registry::{Network, VolumeEncoder, VolumeInput};
+
+/// torchvision's `r3d_18`, average pooled: 512-d.
+pub static R3D_18: VolumeEncoder = VolumeEncoder {
+    network: Network {
+        name: "resnet3d_18",
+        feature_dim: FEATURE_DIM,
+        weights: "torchvision r3d_18 state dict",
+        build: r3d_18,
+    },
+    input: VolumeInput::Clip,
+};
+
 fn conv3(
     vs: nn::Path,
     i: i64,

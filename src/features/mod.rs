@@ -5,6 +5,10 @@
 //! Reading runs on a thread pool feeding a bounded queue of ready batches
 //! ([`pipeline::produce`]); the model drains it on one thread per device, so the device waits for
 //! I/O only when the readers are slower than the model (the `wait` time in the report).
+//!
+//! The encoder is `features.encoder`, an entry of `encode::registry` carrying its network,
+//! width, input size and normalisation: to add an encoder, see that module. A new option that
+//! changes the features goes into `prepare_slide`'s parameter stamp.
 
 pub mod patch;
 pub mod pipeline;
@@ -17,17 +21,15 @@ use ndarray::{s, Array2};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::cache::{self, CacheError, Parameters};
 use crate::config::Config;
-use crate::encode::{self, EncodeError, Encoder, EncoderKind};
-use crate::shard::Shard;
+use crate::config::FeaturesConfig;
+use crate::encode::registry::Normalization;
+use crate::encode::{self, EncodeError, Encoder};
 use crate::slide::list::{self, ListError};
+use crate::stage::{self, Decision, ItemOutcome, Ledger, StageDetail, StageOptions, StageSummary};
 use patch::Geometry;
 use pipeline::{Job, Message};
-
-const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
-const NORMALIZATION: &str = "imagenet mean=[0.485,0.456,0.406] std=[0.229,0.224,0.225]";
 
 /// Arithmetic of the encoder's forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,15 +100,26 @@ impl Timing {
     }
 }
 
+/// What `features` adds to the stage summary: where the time went and on which devices.
 #[derive(Debug, Default)]
-pub struct FeaturesReport {
-    pub done: usize,
-    pub kept: usize,
-    pub failed: Vec<(String, String)>,
-    pub manifest: PathBuf,
+pub struct FeaturesDetail {
     pub timing: Timing,
     pub devices: Vec<String>,
 }
+
+impl StageDetail for FeaturesDetail {
+    fn brief(&self) -> String {
+        let t = &self.timing;
+        format!(
+            "{} patches, {:.1} patches/s on {}",
+            t.patches,
+            t.patches as f64 / t.wall_s.max(1e-9),
+            self.devices.join(", ")
+        )
+    }
+}
+
+pub type FeaturesSummary = StageSummary<FeaturesDetail>;
 
 /// The devices `spec` names: `auto` is every CUDA device (else the CPU).
 pub fn devices(spec: &str) -> Result<Vec<Device>, EncodeError> {
@@ -177,7 +190,8 @@ pub struct Stager {
 }
 
 impl Stager {
-    pub fn new(device: Device) -> Self {
+    /// Normalises with `normalization` (the encoder's own, from its registry entry).
+    pub fn new(device: Device, normalization: &Normalization) -> Self {
         let constant = |values: &[f64; 3]| {
             Tensor::from_slice(values)
                 .view([1, 3, 1, 1])
@@ -188,8 +202,8 @@ impl Stager {
             device,
             buffers: [None, None],
             next: 0,
-            mean: constant(&IMAGENET_MEAN),
-            std: constant(&IMAGENET_STD),
+            mean: constant(&normalization.mean),
+            std: constant(&normalization.std),
         }
     }
 
@@ -286,7 +300,7 @@ fn consume(
     buffers: &pipeline::Buffers,
 ) -> Result<Timing, String> {
     let n = work.job.coords.len();
-    let dim = encoder.kind.feature_dim() as usize;
+    let dim = encoder.network.feature_dim as usize;
     let size = work.job.geometry.input_size;
     let mut timing = Timing::default();
     let mut ended = false;
@@ -411,20 +425,16 @@ pub fn reader_threads(configured: usize, devices: &[Device]) -> usize {
 }
 
 /// `features` for a whole cohort (or one shard of it).
-pub fn run(
-    config: &Config,
-    force: bool,
-    random_weights: bool,
-    shard: Shard,
-) -> Result<FeaturesReport, FeaturesError> {
+pub fn run(config: &Config, stage: &StageOptions) -> Result<FeaturesSummary, FeaturesError> {
     let options = &config.features;
+    let force = stage.force;
     let source = config
         .paths
         .slides
         .as_deref()
         .ok_or(FeaturesError::NoSlides)?;
     let entries = list::list(source)?;
-    let random_weights = random_weights || options.random_weights;
+    let random_weights = stage.random_weights || options.random_weights;
     if options.weights.is_none() && !random_weights {
         return Err(EncodeError::NoWeights {
             key: "features.weights",
@@ -465,77 +475,25 @@ pub fn run(
         .features
         .clone()
         .unwrap_or_else(|| cache_dir.join("features"));
-    let mut manifest = Manifest::new(&cache_dir, &shard.manifest_name("features"));
-    let mut report = FeaturesReport {
+    let ledger = Ledger::new(&cache_dir, "features", "slides", stage.shard);
+    let mut detail = FeaturesDetail {
         devices: devices.iter().map(|d| format!("{d:?}")).collect(),
-        ..FeaturesReport::default()
+        ..FeaturesDetail::default()
     };
     let weights_stamp = encoders[0].weights.stamp();
 
     // Which slides need encoding.
     let mut todo: Vec<Work> = Vec::new();
-    for (k, entry) in entries.iter().enumerate() {
-        if !shard.owns(k) {
-            continue;
-        }
+    for entry in ledger.owned(&entries, stage.shard) {
         let started = Instant::now();
         let patches = patches_dir.join(format!("{}.h5", entry.id));
         let output = out_dir.join(format!("{}.h5", entry.id));
-        let prepared = (|| -> Result<Option<Work>, String> {
-            if !patches.is_file() {
-                return Err(format!(
-                    "{}: no patches file; run `hdmoe-pipe tile` first (it records why a slide gave none in tile_manifest.csv)",
-                    patches.display()
-                ));
-            }
-            let (coords, geometry, stamp) = read_patches(&patches, options.resize)?;
-            if coords.is_empty() {
-                return Err(format!("{}: holds no patches", patches.display()));
-            }
-            let parameters = Parameters::new()
-                .with("stage", "features")
-                .with("encoder", options.encoder.name())
-                .with("weights_sha256", &weights_stamp)
-                .with("input_size", geometry.input_size)
-                .with("normalization", NORMALIZATION)
-                .with("precision", options.precision.name())
-                .with("fast_jpeg", options.fast_jpeg)
-                .with("patch_level", geometry.level)
-                .with("level_read_size", geometry.read_size)
-                .with(
-                    "patches_sha256",
-                    cache::sha256_text(&format!("{stamp}\n{}", coords.len())),
-                )
-                .with("layout_version", 1);
-            match cache::freshness(&output, &parameters, force) {
-                Freshness::Done => Ok(None),
-                Freshness::Mismatch(d) => Err(cache::mismatch_message(&output, &d)),
-                Freshness::Missing | Freshness::Unreadable(_) => Ok(Some(Work {
-                    id: entry.id.clone(),
-                    output: output.clone(),
-                    parameters,
-                    job: Job {
-                        slide: entry.path.clone(),
-                        geometry,
-                        coords,
-                    },
-                })),
-            }
-        })();
-        match prepared {
+        match prepare_slide(entry, &patches, &output, options, &weights_stamp, force) {
             Ok(Some(work)) => todo.push(work),
-            Ok(None) => {
-                report.kept += 1;
-                manifest.record(&entry.id, Status::Skipped, started, "kept: same parameters");
-            }
-            Err(message) => {
-                tracing::error!("slide {}: {message}", entry.id);
-                manifest.record(&entry.id, Status::Failed, started, &message);
-                report.failed.push((entry.id.clone(), message));
-            }
+            Ok(None) => ledger.record(&entry.id, started, ItemOutcome::Kept),
+            Err(message) => ledger.record(&entry.id, started, ItemOutcome::Failed(message)),
         }
     }
-    manifest.save()?;
 
     let readers = reader_threads(options.readers, &devices);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -548,20 +506,14 @@ pub fn run(
     for (i, work) in todo.into_iter().enumerate() {
         shares[i % n_devices].push(work);
     }
-    let manifest = std::sync::Mutex::new(manifest);
-    let progress = std::sync::Mutex::new(crate::progress::Progress::new(
-        "features slides",
-        shares.iter().map(Vec::len).sum(),
-    ));
     let started_all = Instant::now();
-    let outcomes: Vec<Vec<(String, Result<Timing, String>)>> = std::thread::scope(|scope| {
+    let timings: Vec<Vec<Timing>> = std::thread::scope(|scope| {
         let handles: Vec<_> = shares
             .into_iter()
             .zip(encoders)
             .map(|(share, encoder)| {
                 let pool = &pool;
-                let manifest = &manifest;
-                let progress = &progress;
+                let ledger = &ledger;
                 scope.spawn(move || {
                     let (sender, receiver) = mpsc::sync_channel(options.queue_batches.max(1));
                     let jobs: Vec<Job> = share.iter().map(|w| w.job.clone()).collect();
@@ -574,7 +526,8 @@ pub fn run(
                         inner.spawn(move || {
                             pipeline::produce(jobs, batch, fast, pool, sender, buffers)
                         });
-                        let mut stager = Stager::new(encoder.device);
+                        let mut stager =
+                            Stager::new(encoder.device, &options.encoder.normalization);
                         for work in &share {
                             let started = Instant::now();
                             let outcome = consume(
@@ -586,25 +539,14 @@ pub fn run(
                                 &mut stager,
                                 buffers,
                             );
-                            let mut m = manifest.lock().unwrap_or_else(|e| e.into_inner());
-                            match &outcome {
-                                Ok(t) => m.record(
-                                    &work.id,
-                                    Status::Done,
-                                    started,
-                                    &format!("{} patches", t.patches),
-                                ),
-                                Err(message) => {
-                                    tracing::error!("slide {}: {message}", work.id);
-                                    m.record(&work.id, Status::Failed, started, message);
-                                }
+                            let recorded = match &outcome {
+                                Ok(t) => ItemOutcome::Done(format!("{} patches", t.patches)),
+                                Err(message) => ItemOutcome::Failed(message.clone()),
+                            };
+                            ledger.record(&work.id, started, recorded);
+                            if let Ok(t) = outcome {
+                                results.push(t);
                             }
-                            if let Err(e) = m.save() {
-                                tracing::error!("{e}");
-                            }
-                            drop(m);
-                            progress.lock().unwrap_or_else(|e| e.into_inner()).inc();
-                            results.push((work.id.clone(), outcome));
                         }
                         drop(receiver);
                     });
@@ -617,65 +559,61 @@ pub fn run(
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    report.timing.wall_s = started_all.elapsed().as_secs_f64();
-    for results in outcomes {
-        for (id, outcome) in results {
-            match outcome {
-                Ok(t) => {
-                    report.done += 1;
-                    report.timing.add(&t);
-                }
-                Err(message) => report.failed.push((id, message)),
-            }
-        }
+    detail.timing.wall_s = started_all.elapsed().as_secs_f64();
+    for t in timings.iter().flatten() {
+        detail.timing.add(t);
     }
-    let mut manifest = manifest.into_inner().unwrap_or_else(|e| e.into_inner());
-    manifest.sort();
-    manifest.save()?;
-    report.failed.sort();
-    report.manifest = manifest.path().to_owned();
-    Ok(report)
+    Ok(ledger.finish("encoded", detail)?)
 }
 
-/// The configuration's `features` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeaturesConfig {
-    /// `resnet50_trunc` (1024-d, CLAM's) or `resnet50` (2048-d).
-    pub encoder: EncoderKind,
-    /// torchvision's ResNet-50 state dict (.pth or .safetensors).
-    pub weights: Option<PathBuf>,
-    /// Run without `weights` on seeded random ones (outputs stamped NOT pretrained), as
-    /// `--random-weights` does; the demo sets it because it ships no ImageNet weights.
-    pub random_weights: bool,
-    /// Encoder input side: null = the patch size (legacy CLAM, 256 unresized); 224 = current CLAM.
-    pub resize: Option<u32>,
-    pub batch_size: usize,
-    /// `auto` (every CUDA device, else the CPU), `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
-    pub precision: Precision,
-    /// Reader threads (0 = one per core, less two per GPU when on CUDA).
-    pub readers: usize,
-    /// Ready batches buffered between the readers and the model.
-    pub queue_batches: usize,
-    /// Decode JPEG-tiled levels at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the read
-    /// size is that multiple of the input size, instead of OpenSlide's full decode + resize.
-    pub fast_jpeg: bool,
-}
-
-impl Default for FeaturesConfig {
-    fn default() -> Self {
-        Self {
-            encoder: EncoderKind::Resnet50Trunc,
-            weights: None,
-            random_weights: false,
-            resize: None,
-            batch_size: 64,
-            device: "auto".into(),
-            precision: Precision::Fp32,
-            readers: 0,
-            queue_batches: 4,
-            fast_jpeg: true,
-        }
+/// A slide's work, or None when its features are up to date; Err names the problem.
+fn prepare_slide(
+    entry: &list::SlideEntry,
+    patches: &Path,
+    output: &Path,
+    options: &FeaturesConfig,
+    weights_stamp: &str,
+    force: bool,
+) -> Result<Option<Work>, String> {
+    if !patches.is_file() {
+        return Err(format!(
+            "{}: no patches file; run `hdmoe-pipe tile` first (it records why a slide gave none in tile_manifest.csv)",
+            patches.display()
+        ));
     }
+    // An encoder with a fixed input side gets it; the others take features.resize (else the
+    // patch size).
+    let resize = options.encoder.input_size.or(options.resize);
+    let (coords, geometry, stamp) = read_patches(patches, resize)?;
+    if coords.is_empty() {
+        return Err(format!("{}: holds no patches", patches.display()));
+    }
+    let parameters = Parameters::new()
+        .with("stage", "features")
+        .with("encoder", options.encoder.name)
+        .with("weights_sha256", weights_stamp)
+        .with("input_size", geometry.input_size)
+        .with("normalization", options.encoder.normalization.stamp())
+        .with("precision", options.precision.name())
+        .with("fast_jpeg", options.fast_jpeg)
+        .with("patch_level", geometry.level)
+        .with("level_read_size", geometry.read_size)
+        .with(
+            "patches_sha256",
+            cache::sha256_text(&format!("{stamp}\n{}", coords.len())),
+        )
+        .with("layout_version", 1);
+    Ok(match stage::decide(output, &parameters, force)? {
+        Decision::Keep => None,
+        Decision::Make => Some(Work {
+            id: entry.id.clone(),
+            output: output.to_owned(),
+            parameters,
+            job: Job {
+                slide: entry.path.clone(),
+                geometry,
+                coords,
+            },
+        }),
+    })
 }

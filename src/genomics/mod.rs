@@ -5,6 +5,9 @@
 //! sorted by byte (ASCII) order, as MCAT and the HDMoE release build them; beside them
 //! `all_genes`, every gene column of the table once (the SNN baseline's input). Scaling is not
 //! done here: `fit` standardises on each fold's training patients only.
+//!
+//! Its items are the table's patients: each is checked, recorded by the stage contract's
+//! `Ledger` (one save for the whole table) and written, or left out with the reason.
 
 pub mod signatures;
 pub mod table;
@@ -14,9 +17,11 @@ use std::time::Instant;
 
 use ndarray::Array2;
 
-use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::cache::{self, CacheError, Parameters};
 use crate::cohort::CohortError;
 use crate::config::{Config, GenomicsConfig, MissingPolicy};
+use crate::shard::Shard;
+use crate::stage::{self, Decision, ItemOutcome, Ledger, StageDetail, StageOptions, StageSummary};
 pub use signatures::{read_signatures, Signature};
 
 /// File name of the stage's output inside `paths.cache`.
@@ -64,16 +69,30 @@ pub struct Group {
     pub columns: Vec<String>,
 }
 
+/// What `genomics` adds to the stage summary: the file and its groups.
 #[derive(Debug)]
-pub struct GenomicsReport {
+pub struct GenomicsDetail {
     pub output: PathBuf,
     pub groups: Vec<Group>,
-    pub patients: usize,
-    /// (case, reason) of every patient left out.
-    pub failed: Vec<(String, String)>,
-    /// The output already existed with the same parameters and was kept.
-    pub kept: bool,
 }
+
+impl StageDetail for GenomicsDetail {
+    fn lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("output {}", self.output.display())];
+        for group in &self.groups {
+            lines.push(format!(
+                "{:<32} {:>5} columns",
+                group.key,
+                group.columns.len()
+            ));
+        }
+        lines
+    }
+}
+
+/// `genomics`' summary: its items are the cohort's patients (`done` written, or all `kept`
+/// when the file is up to date); the failed ones are left out of the file.
+pub type GenomicsSummary = StageSummary<GenomicsDetail>;
 
 /// The groups' columns for a table header, derived from the data.
 pub fn build_groups(
@@ -146,7 +165,10 @@ fn parameters(
         .with("layout_version", 2))
 }
 
-pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError> {
+/// `genomics` for the cohort table; `options.force` remakes an existing file (shards and
+/// random weights do not apply: the output is one file).
+pub fn run(config: &Config, options: &StageOptions) -> Result<GenomicsSummary, GenomicsError> {
+    let force = options.force;
     let cohort = config
         .paths
         .cohort
@@ -162,30 +184,27 @@ pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError
     let options = &config.genomics;
 
     let wanted = parameters(cohort, signatures_path, options)?;
-    match cache::freshness(&output, &wanted, force) {
-        Freshness::Done => {
-            let file = hdf5::File::open(&output).map_err(CacheError::hdf5(&output))?;
-            return Ok(GenomicsReport {
+    if stage::decide(&output, &wanted, force).map_err(GenomicsError::Stale)? == Decision::Keep {
+        // The manifest of the run that wrote the file stays as it is (its failed rows too).
+        let file = hdf5::File::open(&output).map_err(CacheError::hdf5(&output))?;
+        let patients = file
+            .dataset("case_ids")
+            .map_err(CacheError::hdf5(&output))?
+            .size();
+        return Ok(StageSummary {
+            stage: STAGE,
+            unit: UNIT,
+            verb: VERB,
+            done: 0,
+            kept: patients,
+            failed: Vec::new(),
+            no_tissue: Vec::new(),
+            manifest: cache_dir.join(format!("{STAGE}_manifest.csv")),
+            detail: GenomicsDetail {
                 groups: read_groups(&file).map_err(CacheError::hdf5(&output))?,
-                patients: file
-                    .dataset("case_ids")
-                    .map_err(CacheError::hdf5(&output))?
-                    .size(),
                 output,
-                failed: Vec::new(),
-                kept: true,
-            });
-        }
-        Freshness::Mismatch(differences) => {
-            return Err(GenomicsError::Stale(cache::mismatch_message(
-                &output,
-                &differences,
-            )))
-        }
-        Freshness::Unreadable(reason) => {
-            tracing::warn!("{}: unreadable ({reason}); remaking it", output.display());
-        }
-        Freshness::Missing => {}
+            },
+        });
     }
 
     let signatures = read_signatures(signatures_path)?;
@@ -199,10 +218,11 @@ pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError
     let all_columns = gene_columns(&header, dropped);
     let patients = table::read_patients(cohort, &all_columns)?;
 
-    let mut manifest = Manifest::new(&cache_dir, "genomics");
+    let ledger = Ledger::new(&cache_dir, STAGE, UNIT, Shard::ALL);
+    ledger.set_total(patients.len());
     let started = Instant::now();
     let mut kept: Vec<&table::PatientValues> = Vec::new();
-    let mut failed = Vec::new();
+    let mut outcomes = Vec::new();
     for patient in &patients {
         let problem = patient.conflict.clone().or_else(|| {
             (options.missing == MissingPolicy::Error)
@@ -210,25 +230,26 @@ pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError
                 .flatten()
                 .map(|m| format!("{m} (set genomics.missing to zero or median to fill it)"))
         });
-        match problem {
-            Some(reason) => {
-                let message = format!("{}: case {}: {reason}", cohort.display(), patient.case_id);
-                tracing::error!("{message}");
-                manifest.record(&patient.case_id, Status::Failed, started, &message);
-                failed.push((patient.case_id.clone(), message));
-            }
+        let outcome = match problem {
+            Some(reason) => ItemOutcome::Failed(format!(
+                "{}: case {}: {reason}",
+                cohort.display(),
+                patient.case_id
+            )),
             None => {
-                manifest.record(&patient.case_id, Status::Done, started, "");
                 kept.push(patient);
+                ItemOutcome::Done(String::new())
             }
-        }
+        };
+        outcomes.push((patient.case_id.as_str(), outcome));
     }
-    manifest.save()?;
+    ledger.record_all(outcomes, started);
     if kept.is_empty() {
+        let summary = ledger.finish(VERB, ())?;
         return Err(GenomicsError::NoPatients {
             path: cohort.to_owned(),
-            failed: failed.len(),
-            manifest: manifest.path().to_owned(),
+            failed: summary.failed.len(),
+            manifest: summary.manifest,
         });
     }
 
@@ -243,14 +264,12 @@ pub fn run(config: &Config, force: bool) -> Result<GenomicsReport, GenomicsError
         &matrix,
         dropped,
     )?;
-    Ok(GenomicsReport {
-        output,
-        groups,
-        patients: case_ids.len(),
-        failed,
-        kept: false,
-    })
+    Ok(ledger.finish(VERB, GenomicsDetail { output, groups })?)
 }
+
+const STAGE: &str = "genomics";
+const UNIT: &str = "patients";
+const VERB: &str = "written";
 
 /// Every gene column of the table (suffix `_mut`, `_cnv` or `_rnaseq`) in the table's order,
 /// less the release quirk's column: what MCAT's SNN takes (`genomic_features`), each column

@@ -2,6 +2,10 @@
 //! normalised, resampled to a fixed size and encoded; `cache/mri/<case>.h5` holds one feature
 //! row per sequence.
 //!
+//! The encoder is `mri.encoder`, a volume entry of `encode::registry` (how it sees a crop is
+//! its `VolumeInput`): to add one, see that module. A new preprocessing option goes into
+//! `MriConfig` and the `parameters` stamp.
+//!
 //! Layout under `paths.mri` (one folder per case; the folder name is the case id):
 //!
 //! ```text
@@ -20,10 +24,11 @@ use std::time::Instant;
 use ndarray::Array2;
 use tch::Tensor;
 
-use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::cache::{self, CacheError, Parameters};
 use crate::config::{Config, MriConfig, Volume4d};
-use crate::encode::{self, EncodeError, Encoder, EncoderKind};
-use crate::shard::Shard;
+use crate::encode::registry::VolumeInput;
+use crate::encode::{self, EncodeError, Encoder};
+use crate::stage::{self, Decision, ItemOutcome, Ledger, StageOptions, StageSummary};
 use crop::CropBox;
 use nifti::Volume;
 
@@ -42,15 +47,17 @@ pub enum MriError {
     Encode(#[from] EncodeError),
     #[error(transparent)]
     Cache(#[from] CacheError),
-}
-
-#[derive(Debug)]
-pub struct MriReport {
-    pub done: usize,
-    pub kept: usize,
-    /// (case, message) of every failed case.
-    pub failed: Vec<(String, String)>,
-    pub manifest: PathBuf,
+    #[error("configuration: `paths.cohort` is not set; the demo writes one case per patient")]
+    NoCohort,
+    #[error(transparent)]
+    Cohort(#[from] crate::cohort::CohortError),
+    #[error(transparent)]
+    Nifti(#[from] nifti::NiftiError),
+    #[error("{path}: cannot write the demo MRI cases: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What one sequence contributed: its crop and where it came from.
@@ -96,10 +103,10 @@ fn prepare(
 
 /// The encoder's input for a prepared [z, y, x] crop: one 3-channel clip for the 3-D ResNet,
 /// or the axial slices as a batch of 3-channel images for the slice-wise 2-D ResNet.
-fn encoder_input(kind: EncoderKind, crop: &Tensor) -> Tensor {
-    match kind {
-        EncoderKind::Resnet50Slices => crop.unsqueeze(1).expand([-1, 3, -1, -1], false),
-        _ => crop
+fn encoder_input(input: VolumeInput, crop: &Tensor) -> Tensor {
+    match input {
+        VolumeInput::AxialSlices => crop.unsqueeze(1).expand([-1, 3, -1, -1], false),
+        VolumeInput::Clip => crop
             .unsqueeze(0)
             .unsqueeze(0)
             .expand([1, 3, -1, -1, -1], false),
@@ -141,7 +148,7 @@ fn encode_sequence(
     let (prepared, crop) =
         prepare(&volume, &mask, options).map_err(|e| format!("{}: {e}", mask_path.display()))?;
     let features = encoder
-        .forward(&encoder_input(encoder.kind, &prepared))
+        .forward(&encoder_input(options.encoder.input, &prepared))
         .mean_dim(0, false, tch::Kind::Float);
     Ok((
         Encoded {
@@ -156,7 +163,7 @@ fn encode_sequence(
 fn parameters(options: &MriConfig, encoder: &Encoder, inputs_sha256: &str) -> Parameters {
     Parameters::new()
         .with("stage", "mri")
-        .with("encoder", encoder.kind.name())
+        .with("encoder", encoder.network.name)
         .with("weights_sha256", encoder.weights.stamp())
         .with("sequence_order", options.sequences.join(","))
         .with("mask", &options.mask)
@@ -281,16 +288,12 @@ pub fn list_cases(root: &Path) -> Result<Vec<(String, PathBuf)>, MriError> {
     Ok(cases)
 }
 
-pub fn run(
-    config: &Config,
-    force: bool,
-    random_weights: bool,
-    shard: Shard,
-) -> Result<MriReport, MriError> {
+/// `mri` for every case folder under `paths.mri` (or one shard of them).
+pub fn run(config: &Config, stage: &StageOptions) -> Result<MriSummary, MriError> {
     let options = &config.mri;
     let root = config.paths.mri.as_deref().ok_or(MriError::NoRoot)?;
     let cases = list_cases(root)?;
-    let random_weights = random_weights || options.random_weights;
+    let random_weights = stage.random_weights || options.random_weights;
     if options.weights.is_none() && !random_weights {
         return Err(EncodeError::NoWeights { key: "mri.weights" }.into());
     }
@@ -302,45 +305,22 @@ pub fn run(
         config.train.seed,
     )?;
     let out_dir = config.cache_dir().join("mri");
-    let mut manifest = Manifest::new(&config.cache_dir(), &shard.manifest_name("mri"));
-    let (mut done, mut kept) = (0, 0);
-    let mut failed = Vec::new();
-    let owned = (0..cases.len()).filter(|&k| shard.owns(k)).count();
-    let mut progress = crate::progress::Progress::new("mri cases", owned);
-    for (k, (case, dir)) in cases.iter().enumerate() {
-        if !shard.owns(k) {
-            continue;
-        }
+    let ledger = Ledger::new(&config.cache_dir(), "mri", "cases", stage.shard);
+    for (case, dir) in ledger.owned(&cases, stage.shard) {
         let started = Instant::now();
         let output = out_dir.join(format!("{case}.h5"));
-        let outcome = process_case(dir, &output, options, &encoder, force);
-        match outcome {
-            Ok(true) => {
-                done += 1;
-                manifest.record(case, Status::Done, started, "");
-            }
-            Ok(false) => {
-                kept += 1;
-                manifest.record(case, Status::Skipped, started, "kept: same parameters");
-            }
-            Err(message) => {
-                tracing::error!("case {case}: {message}");
-                manifest.record(case, Status::Failed, started, &message);
-                failed.push((case.clone(), message));
-            }
-        }
-        // Saved after every case, so a killed run still shows what it finished.
-        manifest.save()?;
-        progress.inc();
+        let outcome = match process_case(dir, &output, options, &encoder, stage.force) {
+            Ok(true) => ItemOutcome::Done(String::new()),
+            Ok(false) => ItemOutcome::Kept,
+            Err(message) => ItemOutcome::Failed(message),
+        };
+        ledger.record(case, started, outcome);
     }
-    manifest.save()?;
-    Ok(MriReport {
-        done,
-        kept,
-        failed,
-        manifest: manifest.path().to_owned(),
-    })
+    Ok(ledger.finish("encoded", ())?)
 }
+
+/// `mri`'s summary (no stage-specific figures).
+pub type MriSummary = StageSummary<()>;
 
 /// Ok(true) when written, Ok(false) when an up-to-date output was kept.
 fn process_case(
@@ -352,12 +332,8 @@ fn process_case(
 ) -> Result<bool, String> {
     let digest = inputs_digest(dir, options).map_err(|e| format!("{}: {e}", dir.display()))?;
     let wanted = parameters(options, encoder, &digest);
-    match cache::freshness(output, &wanted, force) {
-        Freshness::Done => return Ok(false),
-        Freshness::Mismatch(differences) => {
-            return Err(cache::mismatch_message(output, &differences))
-        }
-        Freshness::Unreadable(_) | Freshness::Missing => {}
+    if stage::decide(output, &wanted, force)? == Decision::Keep {
+        return Ok(false);
     }
     let mut encoded = Vec::new();
     for sequence in &options.sequences {

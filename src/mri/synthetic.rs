@@ -2,9 +2,55 @@
 //! five "sequences" that are intensity transforms of the volume, and a box-shaped tumour mask.
 //! It exercises the layout and the arithmetic; it is not liver MRI.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use super::nifti::{self, Volume};
+use super::MriError;
+use crate::cohort::Cohort;
+use crate::config::Config;
+use crate::stage::Outcome;
+
+/// What `demo-mri` wrote.
+#[derive(Debug)]
+pub struct DemoCohort {
+    pub root: PathBuf,
+    pub written: usize,
+    pub kept: usize,
+}
+
+impl fmt::Display for DemoCohort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "demo-mri: {} case folders written, {} kept, in {}",
+            self.written,
+            self.kept,
+            self.root.display()
+        )
+    }
+}
+
+impl Outcome for DemoCohort {}
+
+/// `hdmoe-pipe demo-mri`: a case folder under `paths.mri` for every patient of
+/// `paths.cohort`, derived from the volume `source`; existing case folders are kept.
+pub fn write_demo(config: &Config, source: &Path) -> Result<DemoCohort, MriError> {
+    let root = config.paths.mri.clone().ok_or(MriError::NoRoot)?;
+    let cohort_path = config.paths.cohort.as_deref().ok_or(MriError::NoCohort)?;
+    let cohort = Cohort::read(cohort_path)?;
+    let source = nifti::read(source)?;
+    let cases: Vec<String> = cohort.patients.iter().map(|p| p.case_id.clone()).collect();
+    let written = write_cohort(&root, &source, &cases).map_err(|source| MriError::Write {
+        path: root.clone(),
+        source,
+    })?;
+    Ok(DemoCohort {
+        kept: cases.len() - written,
+        written,
+        root,
+    })
+}
 
 /// Names of the paper's five sequences, in the pipeline's default order.
 pub const SEQUENCES: [&str; 5] = ["arterial", "delay", "hepatobiliary", "t1", "t2"];

@@ -1,5 +1,8 @@
 //! `hdmoe-pipe report`: C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from
 //! an out-of-fold predictions table, as CSV, Markdown and a PNG.
+//!
+//! A new table: compute it in `tables::analyse` (a polars frame), write it in `run`, render it
+//! in `render_markdown`, and check it against lifelines/scipy values in `tests/it/report.rs`.
 
 pub mod html;
 pub mod markdown;
@@ -46,6 +49,8 @@ pub struct ReportArgs {
 /// The files written, in the order they were written.
 #[derive(Debug, Clone)]
 pub struct ReportOutputs {
+    /// The output folder.
+    pub out: PathBuf,
     pub files: Vec<PathBuf>,
     /// Mean and population std of the per-fold C-index, and the number of folds behind them.
     pub cindex_mean: Option<(f64, f64, usize)>,
@@ -59,6 +64,54 @@ pub const TTEST_CSV: &str = "ttest.csv";
 pub const REPORT_MD: &str = "report.md";
 pub const KM_PNG: &str = "km.png";
 pub const REPORT_HTML: &str = "report.html";
+
+impl std::fmt::Display for ReportOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((mean, std, folds)) = self.cindex_mean {
+            writeln!(f, "C-index {mean:.4} ± {std:.4} over {folds} folds")?;
+        }
+        writeln!(f, "report written to {}", self.out.display())
+    }
+}
+
+impl crate::stage::Outcome for ReportOutputs {}
+
+/// `cindex.csv` as the console shows it: numbers to four decimals, columns right-aligned, each
+/// line indented by two spaces. None when the file cannot be read.
+pub fn cindex_console_table(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .map(|line| {
+            line.split(',')
+                .map(|cell| match cell.parse::<f64>() {
+                    Ok(x) if cell.contains('.') => format!("{x:.4}"),
+                    _ => cell.to_owned(),
+                })
+                .collect()
+        })
+        .collect();
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut table = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:>w$}"))
+            .collect();
+        table.push_str(&format!("  {}\n", cells.join("  ")));
+    }
+    Some(table)
+}
 
 pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, ReportError> {
     let predictions = Predictions::read(&args.predictions)?;
@@ -129,7 +182,11 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
         message: e.to_string(),
     })?;
     files.push(html_path);
+    for note in &analysis.notes {
+        tracing::warn!("not computable: {note}");
+    }
     Ok(ReportOutputs {
+        out: args.out.clone(),
         files,
         cindex_mean: analysis.cindex_mean,
         notes: analysis.notes,

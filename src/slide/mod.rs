@@ -1,6 +1,11 @@
 //! `hdmoe-pipe tile`: for every slide, CLAM's tissue mask on a low-resolution image, the 20x
 //! patch grid over the tissue, `patches/<slide>.h5` (CLAM's `coords` with `patch_level` and
 //! `patch_size`) and a preview `masks/<slide>.png`.
+//!
+//! Per slide: `process_slide` decides (the stage contract's `decide`) and writes; `run` hands
+//! each outcome to the contract's `Ledger`. A new per-slide check belongs in `process_slide`
+//! (return `SlideFailure::Error` with a message naming the file); a new grid option in
+//! `TileConfig` and in the `parameters` stamp, so outputs made without it are not kept.
 
 pub mod grid;
 pub mod jpeg_tiles;
@@ -10,8 +15,7 @@ pub mod polygon;
 pub mod preview;
 pub mod reader;
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 use std::time::Instant;
 
 use image::RgbImage;
@@ -19,9 +23,9 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::atomic;
-use crate::cache::{self, CacheError, Freshness, Manifest, Parameters, Status};
+use crate::cache::{self, CacheError, Parameters};
 use crate::config::{Config, MppRounding, TileConfig};
-use crate::shard::Shard;
+use crate::stage::{self, Decision, ItemOutcome, Ledger, StageDetail, StageOptions, StageSummary};
 use grid::Plan;
 use list::{ListError, SlideEntry};
 use mask::{SegParams, Tissue};
@@ -39,17 +43,20 @@ pub enum TileError {
     Pool(String),
 }
 
+/// What `tile` adds to the stage summary: the patches written this run.
 #[derive(Debug, Default)]
-pub struct TileReport {
-    pub done: usize,
-    pub kept: usize,
+pub struct TileDetail {
     pub patches: usize,
-    /// (slide, message) of slides where no tissue was found.
-    pub no_tissue: Vec<(String, String)>,
-    /// (slide, message) of every failed slide.
-    pub failed: Vec<(String, String)>,
-    pub manifest: PathBuf,
 }
+
+impl StageDetail for TileDetail {
+    fn brief(&self) -> String {
+        format!("{} patches", self.patches)
+    }
+}
+
+/// `tile`'s summary; slides without tissue are its `no_tissue` list.
+pub type TileSummary = StageSummary<TileDetail>;
 
 /// Where the level-0 um/px came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,19 +303,14 @@ fn write_patches(
     })
 }
 
-/// Outcome of one slide.
-enum Outcome {
-    Written(usize),
-    Kept,
-}
-
+/// One slide: its patch count when written, None when an up-to-date output was kept.
 fn process_slide(
     entry: &SlideEntry,
     options: &TileConfig,
     patches_dir: &Path,
     masks_dir: &Path,
     force: bool,
-) -> Result<Outcome, SlideFailure> {
+) -> Result<Option<usize>, SlideFailure> {
     let error = |e: String| SlideFailure::Error(e);
     let output = patches_dir.join(format!("{}.h5", entry.id));
     let preview_path = masks_dir.join(format!("{}.png", entry.id));
@@ -318,12 +320,10 @@ fn process_slide(
     let (slide_mpp, source) = resolve_mpp(&slide, entry, options).map_err(error)?;
     let params = seg_params(entry, options);
     let wanted = parameters(entry, options, &params, slide_mpp, source, &fp);
-    match cache::freshness(&output, &wanted, force) {
-        Freshness::Done if preview_path.exists() => return Ok(Outcome::Kept),
-        Freshness::Mismatch(differences) => {
-            return Err(error(cache::mismatch_message(&output, &differences)))
-        }
-        _ => {}
+    if stage::decide(&output, &wanted, force).map_err(error)? == Decision::Keep
+        && preview_path.exists()
+    {
+        return Ok(None);
     }
     let a = analyse_slide(&slide, entry, options, slide_mpp, source)?;
     let png = preview::render(&a.low_res, a.scale, &a.tissue, &a.coords, a.plan.read_size)
@@ -358,17 +358,16 @@ fn process_slide(
         )));
     }
     write_patches(&output, &entry.id, &wanted, options, &a).map_err(|e| error(e.to_string()))?;
-    Ok(Outcome::Written(a.coords.len()))
+    Ok(Some(a.coords.len()))
 }
 
-/// `tile` for a whole cohort (or one shard of it).
+/// `tile` for a whole cohort (or one shard of it); `slides` overrides `paths.slides`.
 pub fn run(
     config: &Config,
     slides: Option<&Path>,
-    force: bool,
-    shard: Shard,
-) -> Result<TileReport, TileError> {
-    let options = &config.tile;
+    options: &StageOptions,
+) -> Result<TileSummary, TileError> {
+    let tile = &config.tile;
     let source = slides
         .map(Path::to_path_buf)
         .or_else(|| config.paths.slides.clone())
@@ -377,72 +376,36 @@ pub fn run(
     let cache_dir = config.cache_dir();
     let patches_dir = cache_dir.join("patches");
     let masks_dir = cache_dir.join("masks");
-    let manifest_name = shard.manifest_name("tile");
-    let manifest = Mutex::new(Manifest::new(&cache_dir, &manifest_name));
-    let owned: Vec<&SlideEntry> = entries
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| shard.owns(*k))
-        .map(|(_, e)| e)
-        .collect();
-    let progress = Mutex::new(crate::progress::Progress::new("tile slides", owned.len()));
-    let report = Mutex::new(TileReport::default());
-    let workers = if options.workers == 0 {
+    let ledger = Ledger::new(&cache_dir, "tile", "slides", options.shard);
+    let owned = ledger.owned(&entries, options.shard);
+    let workers = if tile.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
-        options.workers
+        tile.workers
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .build()
         .map_err(|e| TileError::Pool(format!("{workers}: {e}")))?;
-    let save_error = Mutex::new(None);
+    let patches = std::sync::atomic::AtomicUsize::new(0);
     pool.install(|| {
         owned.par_iter().for_each(|entry| {
             let started = Instant::now();
-            let outcome = process_slide(entry, options, &patches_dir, &masks_dir, force);
-            let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
-            let mut manifest = manifest.lock().unwrap_or_else(|e| e.into_inner());
-            match outcome {
-                Ok(Outcome::Written(n)) => {
-                    report.done += 1;
-                    report.patches += n;
-                    manifest.record(&entry.id, Status::Done, started, &format!("{n} patches"));
+            let outcome = match process_slide(entry, tile, &patches_dir, &masks_dir, options.force)
+            {
+                Ok(Some(n)) => {
+                    patches.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    ItemOutcome::Done(format!("{n} patches"))
                 }
-                Ok(Outcome::Kept) => {
-                    report.kept += 1;
-                    manifest.record(&entry.id, Status::Skipped, started, "kept: same parameters");
-                }
-                Err(SlideFailure::NoTissue(message)) => {
-                    tracing::warn!("slide {}: {message}", entry.id);
-                    manifest.record(&entry.id, Status::NoTissue, started, &message);
-                    report.no_tissue.push((entry.id.clone(), message));
-                }
-                Err(SlideFailure::Error(message)) => {
-                    tracing::error!("slide {}: {message}", entry.id);
-                    manifest.record(&entry.id, Status::Failed, started, &message);
-                    report.failed.push((entry.id.clone(), message));
-                }
-            }
-            // Saved after every slide, so a killed run still shows what it finished.
-            if let Err(e) = manifest.save() {
-                save_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
-            }
-            progress.lock().unwrap_or_else(|e| e.into_inner()).inc();
+                Ok(None) => ItemOutcome::Kept,
+                Err(SlideFailure::NoTissue(message)) => ItemOutcome::NoTissue(message),
+                Err(SlideFailure::Error(message)) => ItemOutcome::Failed(message),
+            };
+            ledger.record(&entry.id, started, outcome);
         });
     });
-    if let Some(e) = save_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e.into());
-    }
-    let mut manifest = manifest.into_inner().unwrap_or_else(|e| e.into_inner());
-    manifest.sort();
-    manifest.save()?;
-    let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
-    report.failed.sort();
-    report.no_tissue.sort();
-    report.manifest = manifest.path().to_owned();
-    Ok(report)
+    let detail = TileDetail {
+        patches: patches.into_inner(),
+    };
+    Ok(ledger.finish("tiled", detail)?)
 }

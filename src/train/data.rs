@@ -202,7 +202,8 @@ impl Dataset {
         };
 
         let genomics = if modalities.contains(&Modality::Genomics) {
-            let all_genes = config.model.architecture == crate::model::Architecture::Snn;
+            let all_genes =
+                config.model.architecture.entry().genomics == crate::model::GenomicsInput::AllGenes;
             let g = Genomics::read(&cache_dir.join(crate::genomics::OUTPUT), all_genes)?;
             for (i, p) in cohort.patients.iter().enumerate() {
                 if !g.rows.contains_key(&p.case_id) {

@@ -2,29 +2,34 @@
 //! describes — Adam with coupled L2, per-epoch poly learning rate, one step per patient,
 //! class-balanced sampling, genomics standardised on each fold's training patients — with
 //! every epoch's losses and C-indices recorded, honest model selection, and exact resumption.
+//!
+//! Everything here sees the model through `model::SurvivalModel` (built by
+//! `model::registry`): adding a model needs nothing in this module. `fold.rs` owns one fold
+//! (files, freshness, resumption, an epoch, the final model); `predict.rs` applies a trained
+//! model; `data.rs` reads the caches.
 
 pub mod adam;
 pub mod data;
+mod fold;
 pub mod predict;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use rand::distr::weighted::WeightedIndex;
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::atomic;
+use crate::cache::Parameters;
 use crate::cohort::{self, Split};
 use crate::config::{Config, Modality, Selection};
 use crate::encode;
-use crate::model::{self, Architecture, Hdmoe, Inputs, Modality1, ModelSpec, RfrEval};
+use crate::model::{Inputs, Modality1, ModelSpec, RfrEval, SurvivalModel};
 use crate::survival::{self, N_BINS};
-use adam::Adam;
 use data::{DataError, Dataset, Scaler};
+use fold::write_rows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
@@ -71,6 +76,35 @@ pub struct FitReport {
     pub excluded: Vec<(String, String)>,
 }
 
+impl std::fmt::Display for FitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "fold  n_train  n_val  c_index_last  c_index_best (epoch; paper protocol)"
+        )?;
+        for r in &self.folds {
+            writeln!(
+                f,
+                "{:>4}  {:>7}  {:>5}  {:>12.4}  {:>12.4} ({})",
+                r.fold, r.n_train, r.n_val, r.c_last, r.c_best, r.best_epoch
+            )?;
+        }
+        let stats = |pick: fn(&FoldResult) -> f64| {
+            let v: Vec<f64> = self.folds.iter().map(pick).collect();
+            crate::report::tables::mean_std(&v).unwrap_or((f64::NAN, f64::NAN))
+        };
+        let (lm, ls) = stats(|r| r.c_last);
+        let (bm, bs) = stats(|r| r.c_best);
+        writeln!(
+            f,
+            "last epoch {lm:.4} ± {ls:.4}; best epoch (optimistic) {bm:.4} ± {bs:.4}"
+        )?;
+        writeln!(f, "run: {}", self.run_dir.display())
+    }
+}
+
+impl crate::stage::Outcome for FitReport {}
+
 /// A stable seed for (seed, fold, epoch, purpose).
 fn mix(parts: &[u64]) -> u64 {
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -95,11 +129,12 @@ fn model_spec(config: &Config, data: &Dataset) -> Result<ModelSpec, FitError> {
     } else {
         None
     };
-    if m.architecture == Architecture::Snn && modalities.as_slice() != [Modality::Genomics] {
-        return Err(FitError::Config(
-            "configuration: `model.architecture: snn` is the genomics-only baseline; set dataset.modalities: [genomics]".into(),
-        ));
-    }
+    (m.architecture.entry().accepts)(modalities).map_err(|why| {
+        FitError::Config(format!(
+            "configuration: `model.architecture: {}` does not take dataset.modalities {modalities:?}: {why}",
+            m.architecture.name()
+        ))
+    })?;
     Ok(ModelSpec {
         architecture: m.architecture,
         dim: m.dim,
@@ -123,35 +158,71 @@ fn model_spec(config: &Config, data: &Dataset) -> Result<ModelSpec, FitError> {
     })
 }
 
-/// What a fold's files must have been made with to be resumed or kept.
-fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> String {
+/// What a fold's files must have been made with to be resumed or kept: every key of the
+/// dataset, model and train sections (less `train.folds`), the fold's patients, the data's
+/// shapes and the software version.
+fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> Parameters {
     // A fold's training does not depend on which other folds are listed (each is seeded by its
     // own index), so folds trained in separate processes (`train.folds=[k]`, a Slurm array)
     // are kept by a later run over all of them.
     let mut train = config.train.clone();
     train.folds.clear();
-    let sections =
-        serde_yaml::to_string(&(&config.dataset, &config.model, &train)).unwrap_or_default();
-    let train: Vec<&str> = split
-        .train
-        .iter()
-        .map(|&i| data.cohort.patients[i].case_id.as_str())
-        .collect();
-    let val: Vec<&str> = split
-        .val
-        .iter()
-        .map(|&i| data.cohort.patients[i].case_id.as_str())
-        .collect();
-    format!(
-        "{sections}fold: {}\ntrain: {}\nval: {}\ngroups: {:?}\nwsi_dim: {}\nmri_dim: {}\nsoftware_version: {}\n",
-        split.fold,
-        train.join(","),
-        val.join(","),
-        data.group_sizes(),
-        data.wsi_dim,
-        data.mri_dim,
-        crate::VERSION
-    )
+    let mut parameters = Parameters::new();
+    for (section, value) in [
+        ("dataset", serde_yaml::to_value(&config.dataset)),
+        ("model", serde_yaml::to_value(&config.model)),
+        ("train", serde_yaml::to_value(&train)),
+    ] {
+        let value = value.unwrap_or(serde_yaml::Value::Null);
+        for (key, text) in flatten(section, &value) {
+            parameters = parameters.with(&key, text);
+        }
+    }
+    let cases = |set: &[usize]| -> String {
+        set.iter()
+            .map(|&i| data.cohort.patients[i].case_id.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    parameters
+        .with("fold", split.fold)
+        .with("train", cases(&split.train))
+        .with("val", cases(&split.val))
+        .with("groups", format!("{:?}", data.group_sizes()))
+        .with("wsi_dim", data.wsi_dim)
+        .with("mri_dim", data.mri_dim)
+        .with("software_version", crate::VERSION)
+}
+
+/// `section.key` → the value on one line, for every leaf of a YAML mapping.
+fn flatten(prefix: &str, value: &serde_yaml::Value) -> Vec<(String, String)> {
+    use serde_yaml::Value;
+    fn inline(value: &Value) -> String {
+        match value {
+            Value::Null => "null".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            Value::Sequence(items) => {
+                let items: Vec<String> = items.iter().map(inline).collect();
+                format!("[{}]", items.join(", "))
+            }
+            Value::Mapping(_) | Value::Tagged(_) => serde_yaml::to_string(value)
+                .unwrap_or_default()
+                .trim()
+                .replace('\n', " "),
+        }
+    }
+    match value {
+        Value::Mapping(map) => map
+            .iter()
+            .flat_map(|(key, value)| {
+                let key = format!("{prefix}.{}", inline(key));
+                flatten(&key, value)
+            })
+            .collect(),
+        _ => vec![(prefix.to_owned(), inline(value))],
+    }
 }
 
 /// Risk and hazards of one evaluated patient.
@@ -174,10 +245,12 @@ fn c_index(data: &Dataset, preds: &[Prediction]) -> f64 {
     survival::concordance_index(&time, &event, &risk).map_or(f64::NAN, |c| c.c_index)
 }
 
+/// A model with the data it reads: loads patients' inputs (scaled, on the device) and
+/// evaluates; `fit` adds the parameters it steps, `predict` uses it as it is.
 struct Trainer<'a> {
     config: &'a Config,
     data: &'a Dataset,
-    model: Hdmoe,
+    model: Box<dyn SurvivalModel>,
     names: Vec<String>,
     params: Vec<Tensor>,
     device: Device,
@@ -186,7 +259,7 @@ struct Trainer<'a> {
 
 impl Trainer<'_> {
     fn draw_segments(&self, rng: &mut ChaCha8Rng, train: bool) -> (i64, i64) {
-        if !train && self.model.spec.rfr_eval == RfrEval::Identity {
+        if !train && self.model.spec().rfr_eval == RfrEval::Identity {
             return (1, 1);
         }
         let (s1, s2) = self.model.segment_choices();
@@ -262,7 +335,7 @@ impl Trainer<'_> {
             let inputs = self.load(p, mix(&[seed, p as u64]))?;
             let segments = self.draw_segments(&mut rng, false);
             let out = tch::no_grad(|| self.model.forward(&inputs, segments, false));
-            count_routing(&mut routing, &out.routing, self.model.spec.experts);
+            count_routing(&mut routing, &out.routing, self.model.spec().experts);
             let h = Vec::<f64>::try_from(out.hazards.to_kind(Kind::Double).to_device(Device::Cpu))
                 .unwrap_or_default();
             let mut hazards = [0.0; N_BINS];
@@ -287,8 +360,6 @@ fn count_routing(counts: &mut Vec<Vec<i64>>, routing: &[Tensor], experts: i64) {
         }
     }
 }
-
-const MOE_NAMES: [&str; 3] = ["level1_modality1", "level1_wsi", "level2_fusion"];
 
 /// Class-stratified hold-out of `fraction` of `train` (at least one per class with ≥ 2).
 fn nested_split(
@@ -320,86 +391,6 @@ fn nested_split(
     held.sort_unstable();
     (keep, held)
 }
-
-/// Lines of a CSV file after its header whose first field (an epoch) is < `epochs`.
-fn rows_before(path: &Path, epochs: usize) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            l.split(',')
-                .next()
-                .and_then(|e| e.parse::<usize>().ok())
-                .is_some_and(|e| e < epochs)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_rows(path: &Path, header: &str, rows: &[String]) -> Result<(), FitError> {
-    let mut text = format!("{header}\n");
-    for r in rows {
-        text.push_str(r);
-        text.push('\n');
-    }
-    atomic::write_bytes(path, text.as_bytes()).map_err(|e| output_error(path, e))
-}
-
-fn save_state(
-    path: &Path,
-    trainer: &Trainer,
-    adam: &Adam,
-    epochs_done: usize,
-) -> Result<(), FitError> {
-    let mut named: Vec<(String, Tensor)> = Vec::new();
-    for (name, p) in trainer.names.iter().zip(&trainer.params) {
-        named.push((format!("model.{name}"), p.to_device(Device::Cpu)));
-    }
-    for (k, name) in trainer.names.iter().enumerate() {
-        named.push((format!("adam.m.{name}"), adam.m[k].to_device(Device::Cpu)));
-        named.push((format!("adam.v.{name}"), adam.v[k].to_device(Device::Cpu)));
-    }
-    named.push(("adam.steps".into(), adam.steps_tensor()));
-    named.push((
-        "epochs_done".into(),
-        Tensor::from_slice(&[epochs_done as i64]),
-    ));
-    atomic::write_with(path, |temp| {
-        Tensor::write_safetensors(&named, temp).map_err(std::io::Error::other)
-    })
-    .map_err(|e| output_error(path, e))
-}
-
-fn load_state(path: &Path, trainer: &Trainer, adam: &mut Adam) -> Result<usize, FitError> {
-    let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|e| output_error(path, e))?
-        .into_iter()
-        .collect();
-    let get = |name: &str| {
-        tensors.get(name).ok_or_else(|| {
-            output_error(
-                path,
-                format!("checkpoint lacks `{name}`; rerun with --force"),
-            )
-        })
-    };
-    tch::no_grad(|| -> Result<(), FitError> {
-        for (k, (name, p)) in trainer.names.iter().zip(&trainer.params).enumerate() {
-            let mut p = p.shallow_clone();
-            p.copy_(get(&format!("model.{name}"))?);
-            adam.m[k] = get(&format!("adam.m.{name}"))?.to_device(trainer.device);
-            adam.v[k] = get(&format!("adam.v.{name}"))?.to_device(trainer.device);
-        }
-        Ok(())
-    })?;
-    adam.steps = Vec::<i64>::try_from(get("adam.steps")?).map_err(|e| output_error(path, e))?;
-    Ok(get("epochs_done")?.int64_value(&[0]) as usize)
-}
-
-const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds";
-const VAL_HEADER: &str = "epoch,case_id,risk,hazard_0,hazard_1,hazard_2,hazard_3";
-const ROUTING_HEADER: &str = "epoch,split,moe,expert,count";
 
 /// A fold's patients as training uses them: those with every modality, the nested slice (for
 /// `selection: nested`) held out of the training split.
@@ -440,234 +431,6 @@ pub(crate) fn fold_patients(
         )));
     }
     Ok(FoldPatients { train, val, nested })
-}
-
-fn fit_fold(
-    config: &Config,
-    data: &Dataset,
-    spec: &ModelSpec,
-    split: &Split,
-    run_dir: &Path,
-    force: bool,
-) -> Result<(FoldResult, Vec<String>), FitError> {
-    let train_cfg = &config.train;
-    let fold = split.fold;
-    let dir = run_dir.join(format!("fold_{fold}"));
-    std::fs::create_dir_all(&dir).map_err(|e| output_error(&dir, e))?;
-    let FoldPatients { train, val, nested } = fold_patients(config, data, split)?;
-
-    let parameters = fold_parameters(config, data, split);
-    let params_path = dir.join("parameters.txt");
-    let state_path = dir.join("state.safetensors");
-    match std::fs::read_to_string(&params_path) {
-        Ok(recorded) if recorded != parameters && !force => {
-            return Err(output_error(
-                &dir,
-                "was trained with other parameters or data; rerun with --force to replace it",
-            ));
-        }
-        Ok(recorded) if recorded == parameters && !force => {}
-        _ => {
-            let _ = std::fs::remove_file(&state_path);
-            atomic::write_bytes(&params_path, parameters.as_bytes())
-                .map_err(|e| output_error(&params_path, e))?;
-        }
-    }
-
-    let history_path = dir.join("history.csv");
-    let val_path = dir.join("val_predictions.csv");
-    let routing_path = dir.join("routing.csv");
-    let done_path = dir.join("done");
-    if !force && done_path.is_file() {
-        // Finished earlier with these parameters (checked above): nothing to train.
-        let history = rows_before(&history_path, train_cfg.epochs);
-        let val_rows = rows_before(&val_path, train_cfg.epochs);
-        if history.len() == train_cfg.epochs {
-            tracing::info!("fold {fold}: already trained, kept");
-            return summarise_fold(
-                config,
-                data,
-                fold,
-                train.len(),
-                val.len(),
-                &history,
-                &val_rows,
-            );
-        }
-    }
-    let _ = std::fs::remove_file(&done_path);
-
-    let device = encode::parse_device(&train_cfg.device)?;
-    tch::manual_seed(mix(&[train_cfg.seed, fold as u64, 0xFF]) as i64);
-    let vs = nn::VarStore::new(device);
-    let model = Hdmoe::new(&vs.root(), spec.clone());
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let (names, params): (Vec<String>, Vec<Tensor>) = named.into_iter().unzip();
-    let scaler = data
-        .genomics
-        .as_ref()
-        .map(|g| Scaler::fit(g, &data.genomic_rows(&train)));
-    let trainer = Trainer {
-        config,
-        data,
-        model,
-        names,
-        params,
-        device,
-        scaler,
-    };
-    let mut adam = Adam::new(&trainer.params, train_cfg.lr, train_cfg.weight_decay);
-
-    let mut start = 0;
-    if state_path.is_file() && !force {
-        start = load_state(&state_path, &trainer, &mut adam)?;
-        tracing::info!("fold {fold}: resuming after epoch {start}");
-    }
-    let mut history = rows_before(&history_path, start);
-    let mut val_rows = rows_before(&val_path, start);
-    let mut routing_rows = rows_before(&routing_path, start);
-
-    let weights = data.cohort.sampling_weights(&train);
-    let lambda = (config.model.lambda_decouple, config.model.lambda_balance);
-    for epoch in start..train_cfg.epochs {
-        let started = Instant::now();
-        let seed = mix(&[train_cfg.seed, fold as u64, epoch as u64]);
-        tch::manual_seed(seed as i64);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        adam.lr = train_cfg
-            .lr_schedule
-            .rate(train_cfg.lr, epoch, train_cfg.epochs);
-        let order: Vec<usize> = if train_cfg.weighted_sampling {
-            let dist = WeightedIndex::new(&weights).map_err(|e| FitError::Config(e.to_string()))?;
-            (0..train.len())
-                .map(|_| train[dist.sample(&mut rng)])
-                .collect()
-        } else {
-            let mut o = train.clone();
-            o.shuffle(&mut rng);
-            o
-        };
-        let segment_rng = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(mix(&[seed, 1])));
-        let mut sums = [0.0f64; 4];
-        let mut train_preds = Vec::new();
-        let mut train_routing: Vec<Vec<i64>> = Vec::new();
-        let mut pending: Vec<Tensor> = Vec::new();
-        let accumulate = train_cfg.accumulate;
-        let mut progress =
-            crate::progress::Progress::new(format!("fold {fold} epoch {epoch}"), order.len());
-        trainer.for_each_prefetched(&order, mix(&[seed, 2]), |k, patient, inputs| {
-            let p = &data.cohort.patients[patient];
-            let segments = trainer.draw_segments(&mut segment_rng.borrow_mut(), true);
-            let out = trainer.model.forward(&inputs, segments, true);
-            let surv = model::loss::nll_survival(
-                &out.hazards,
-                &out.survival,
-                p.time_bin as i64,
-                p.censored,
-            );
-            let total = &surv + &out.decoupling * lambda.0 + &out.balance * lambda.1;
-            let scaled = &total / accumulate as f64;
-            let grads = Tensor::run_backward(&[&scaled], &trainer.params, false, false);
-            if pending.is_empty() {
-                pending = grads;
-            } else {
-                for (acc, g) in pending.iter_mut().zip(grads) {
-                    if g.defined() {
-                        *acc = if acc.defined() { &*acc + g } else { g };
-                    }
-                }
-            }
-            if (k + 1) % accumulate == 0 || k + 1 == order.len() {
-                adam.step(&trainer.params, &pending);
-                pending.clear();
-            }
-            for (s, t) in sums
-                .iter_mut()
-                .zip([&total, &surv, &out.decoupling, &out.balance])
-            {
-                *s += t.double_value(&[]);
-            }
-            count_routing(&mut train_routing, &out.routing, spec.experts);
-            train_preds.push(Prediction {
-                patient,
-                risk: out.risk.double_value(&[]),
-                hazards: [0.0; N_BINS],
-            });
-            progress.inc();
-            Ok(())
-        })?;
-        let n = order.len() as f64;
-        let (val_preds, val_routing) = trainer.evaluate(&val, mix(&[seed, 3]))?;
-        let nested_c = if nested.is_empty() {
-            f64::NAN
-        } else {
-            c_index(data, &trainer.evaluate(&nested, mix(&[seed, 4]))?.0)
-        };
-        history.push(format!(
-            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3}",
-            adam.lr,
-            sums[0] / n,
-            sums[1] / n,
-            sums[2] / n,
-            sums[3] / n,
-            c_index(data, &train_preds),
-            c_index(data, &val_preds),
-            nested_c,
-            started.elapsed().as_secs_f64()
-        ));
-        for p in &val_preds {
-            let h = p.hazards;
-            val_rows.push(format!(
-                "{epoch},{},{},{},{},{},{}",
-                data.cohort.patients[p.patient].case_id, p.risk, h[0], h[1], h[2], h[3]
-            ));
-        }
-        for (split_name, counts) in [("train", &train_routing), ("val", &val_routing)] {
-            for (m, row) in counts.iter().enumerate() {
-                for (e, c) in row.iter().enumerate() {
-                    routing_rows.push(format!("{epoch},{split_name},{},{e},{c}", MOE_NAMES[m]));
-                }
-            }
-        }
-        write_rows(&history_path, HISTORY_HEADER, &history)?;
-        write_rows(&val_path, VAL_HEADER, &val_rows)?;
-        write_rows(&routing_path, ROUTING_HEADER, &routing_rows)?;
-        save_state(&state_path, &trainer, &adam, epoch + 1)?;
-        tracing::info!(
-            "fold {fold} epoch {epoch}: loss {:.4}, val C-index {:.4}",
-            sums[0] / n,
-            c_index(data, &val_preds)
-        );
-    }
-
-    let model_path = dir.join("model.safetensors");
-    let weights_named: Vec<(String, Tensor)> = trainer
-        .names
-        .iter()
-        .cloned()
-        .zip(trainer.params.iter().map(|p| p.to_device(Device::Cpu)))
-        .collect();
-    atomic::write_with(&model_path, |temp| {
-        Tensor::write_safetensors(&weights_named, temp).map_err(std::io::Error::other)
-    })
-    .map_err(|e| output_error(&model_path, e))?;
-    // The optimiser state is only needed to resume an unfinished fold.
-    atomic::write_bytes(&done_path, b"trained\n").map_err(|e| output_error(&done_path, e))?;
-    let _ = std::fs::remove_file(&state_path);
-    summarise_fold(
-        config,
-        data,
-        split.fold,
-        train.len(),
-        val.len(),
-        &history,
-        &val_rows,
-    )
 }
 
 /// Per-epoch (val, nested) C-indices from history rows.
@@ -806,6 +569,8 @@ fn write_summary(path: &Path, folds: &[FoldResult], selection: Selection) -> Res
 }
 
 pub fn run(config: &Config, force: bool) -> Result<FitReport, FitError> {
+    // Initialisation and dropout draw from libtorch's generator, seeded per fold and epoch.
+    let _generator = crate::torch_rng::lock();
     let data = Dataset::load(config)?;
     let splits_dir = config
         .paths
@@ -846,7 +611,7 @@ pub fn run(config: &Config, force: bool) -> Result<FitReport, FitError> {
     let mut folds = Vec::new();
     let mut predictions = Vec::new();
     for split in &splits {
-        let (result, rows) = fit_fold(config, &data, &spec, split, &run_dir, force)?;
+        let (result, rows) = fold::fit_fold(config, &data, &spec, split, &run_dir, force)?;
         folds.push(result);
         predictions.extend(rows);
     }

@@ -14,17 +14,34 @@ use super::{fold_patients, mix, model_spec, output_error, write_rows, FitError, 
 use crate::cohort;
 use crate::config::Config;
 use crate::encode;
-use crate::model::Hdmoe;
+use crate::model;
 
 /// What `predict` wrote.
 #[derive(Debug)]
 pub struct PredictReport {
+    pub checkpoint: PathBuf,
     pub output: PathBuf,
     pub patients: usize,
     pub fold: Option<usize>,
     /// The checkpoint's sha256.
     pub checkpoint_sha256: String,
 }
+
+impl std::fmt::Display for PredictReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} patients predicted{} from {} (sha256 {})",
+            self.patients,
+            self.fold.map_or(String::new(), |k| format!(" (fold {k})")),
+            self.checkpoint.display(),
+            self.checkpoint_sha256
+        )?;
+        writeln!(f, "predictions: {}", self.output.display())
+    }
+}
+
+impl crate::stage::Outcome for PredictReport {}
 
 /// Why a checkpoint does not fit the configured model, every offending name listed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +153,8 @@ pub fn run(
     fold: Option<usize>,
     out: Option<&Path>,
 ) -> Result<PredictReport, FitError> {
+    // The RFR draws at evaluation come from libtorch's generator.
+    let _generator = crate::torch_rng::lock();
     let data = Dataset::load(config)?;
     let (patients, scaler_rows) = match fold {
         Some(k) => {
@@ -166,9 +185,9 @@ pub fn run(
     let spec = model_spec(config, &data)?;
     let device = encode::parse_device(&config.train.device)?;
     let mut vs = nn::VarStore::new(device);
-    let model = Hdmoe::new(&vs.root(), spec);
-    let architecture = format!("{:?}", config.model.architecture).to_lowercase();
-    let sha256 = load_checkpoint(&mut vs, checkpoint, &architecture)?;
+    let model = model::build(&vs.root(), spec);
+    let architecture = config.model.architecture.name();
+    let sha256 = load_checkpoint(&mut vs, checkpoint, architecture)?;
     let scaler = data
         .genomics
         .as_ref()
@@ -227,6 +246,7 @@ pub fn run(
     let output = dir.join("predictions.csv");
     write_rows(&output, HEADER, &rows)?;
     Ok(PredictReport {
+        checkpoint: checkpoint.to_owned(),
         output,
         patients: rows.len(),
         fold,

@@ -3,6 +3,24 @@
 
 use std::path::{Path, PathBuf};
 
+/// Stage options as the command line's flags set them.
+pub fn options(
+    force: bool,
+    random_weights: bool,
+    shard: hdmoe_pipe::shard::Shard,
+) -> hdmoe_pipe::stage::StageOptions {
+    hdmoe_pipe::stage::StageOptions {
+        force,
+        random_weights,
+        shard,
+    }
+}
+
+/// `--force` or not, nothing else.
+pub fn forced(force: bool) -> hdmoe_pipe::stage::StageOptions {
+    options(force, false, hdmoe_pipe::shard::Shard::ALL)
+}
+
 /// A file under `fixtures/`; `HDMOE_REPO` names the repository root when a test binary runs
 /// away from the tree it was built in (the GPU script does that).
 pub fn fixture(rel: &str) -> PathBuf {
@@ -113,19 +131,17 @@ pub fn hashed_tensor(name: &str, shape: &[i64]) -> tch::Tensor {
     tch::Tensor::from_slice(&values).reshape(shape)
 }
 
-/// Writes the hashed weights of every parameter `kind` has to a safetensors file in `dir`
+/// Writes the hashed weights of every parameter `network` has to a safetensors file in `dir`
 /// (the state dict fixtures/encoders/make_reference.py gives torchvision).
 pub fn hashed_weights(
-    kind: hdmoe_pipe::encode::EncoderKind,
+    network: &hdmoe_pipe::encode::Network,
     dir: &std::path::Path,
 ) -> std::path::PathBuf {
-    use hdmoe_pipe::encode::EncoderKind;
     use tch::{nn, Device, Tensor};
+    // Initialisation draws from libtorch's generator, which in-process fits rely on.
+    let _generator = hdmoe_pipe::torch_rng::lock();
     let vs = nn::VarStore::new(Device::Cpu);
-    match kind {
-        EncoderKind::Resnet3d18 => drop(hdmoe_pipe::encode::resnet3d::r3d_18(&vs.root())),
-        _ => drop(hdmoe_pipe::encode::resnet2d::resnet50(&vs.root(), false)),
-    }
+    drop((network.build)(&vs.root()));
     let named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -134,7 +150,7 @@ pub fn hashed_weights(
             (name, value)
         })
         .collect();
-    let path = dir.join(format!("{}.safetensors", kind.name()));
+    let path = dir.join(format!("{}.safetensors", network.name));
     Tensor::write_safetensors(&named, &path).expect("write safetensors");
     path
 }
@@ -186,7 +202,7 @@ pub const U_BF16: f64 = 1.0 / 256.0;
 /// ONEDNN_MAX_CPU_ISA=AVX2), and torchvision run wholly in fp16 or bf16 on the CPU 11-14 times
 /// below the fp16 and bf16 bounds. Real defects are above it: in float32, a batch-norm eps of
 /// 2e-5 instead of torchvision's 1e-5 moves the resnet50 output by 1.8e-4 of its scale (3 times
-/// the bound; tests/encoders.rs checks that it fails), an eps of 1e-4 by 1.6e-3, a dropped ReLU
+/// the bound; tests/it/encoders.rs checks that it fails), an eps of 1e-4 by 1.6e-3, a dropped ReLU
 /// (layer3's last block) by 1.3, and computing in fp16 or bf16 instead by 1e-3 or 9e-3.
 pub fn rounding_bound(u_operands: f64, roundings: f64, fan_in: i64, depth: i64) -> f64 {
     2.0 * (depth as f64).sqrt() * (roundings.sqrt() * u_operands + U_F32 * (fan_in as f64).sqrt())

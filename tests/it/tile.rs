@@ -2,7 +2,7 @@
 //! independent tissue estimate, 40x vs 20x coverage, resume after deleted or truncated
 //! outputs, and bad slides failing one by one while the good ones complete.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -190,7 +190,12 @@ fn resumes_after_deleted_and_truncated_outputs() {
     let slides = copy_slides(dir.path(), &["aperio40x.svs", "cmu_small_region.svs"]);
     let cache = dir.path().join("cache");
     let cfg = config(&cache, &["tile.preset=biopsy"]);
-    let first = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("run");
+    let first = slide::run(
+        &cfg,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("run");
     assert_eq!((first.done, first.kept), (2, 0));
     let h40 = cache.join("patches/aperio40x.h5");
     let hcmu = cache.join("patches/cmu_small_region.h5");
@@ -199,25 +204,45 @@ fn resumes_after_deleted_and_truncated_outputs() {
     assert!(cache.join("masks/aperio40x.png").is_file());
 
     // Everything kept on a plain rerun.
-    let again = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("rerun");
+    let again = slide::run(
+        &cfg,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("rerun");
     assert_eq!((again.done, again.kept), (0, 2));
 
     // A deleted output is remade, the other kept.
     std::fs::remove_file(&h40).unwrap();
-    let r = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("after delete");
+    let r = slide::run(
+        &cfg,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("after delete");
     assert_eq!((r.done, r.kept), (1, 1));
     assert_eq!(read_coords(&h40), want40);
 
     // A truncated output (a killed writer of another tool) is remade, not trusted.
     let bytes = std::fs::read(&hcmu).unwrap();
     std::fs::write(&hcmu, &bytes[..bytes.len() / 3]).unwrap();
-    let r = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("after truncation");
+    let r = slide::run(
+        &cfg,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("after truncation");
     assert_eq!((r.done, r.kept), (1, 1));
     assert_eq!(read_coords(&hcmu), wantcmu);
 
     // Other parameters: refused without --force, remade with it.
     let other = config(&cache, &["tile.preset=biopsy", "tile.step=128"]);
-    let r = slide::run(&other, Some(&slides), false, Shard::ALL).expect("mismatch");
+    let r = slide::run(
+        &other,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("mismatch");
     assert_eq!(r.failed.len(), 2);
     assert!(r.failed[0].1.contains("--force"), "{}", r.failed[0].1);
     assert_eq!(
@@ -225,7 +250,12 @@ fn resumes_after_deleted_and_truncated_outputs() {
         want40,
         "a refused rerun must not touch the output"
     );
-    let r = slide::run(&other, Some(&slides), true, Shard::ALL).expect("force");
+    let r = slide::run(
+        &other,
+        Some(&slides),
+        &common::options(true, false, Shard::ALL),
+    )
+    .expect("force");
     assert_eq!(r.done, 2);
     assert!(read_coords(&h40).len() > want40.len());
 
@@ -234,7 +264,8 @@ fn resumes_after_deleted_and_truncated_outputs() {
     let cfg = config(&sharded, &["tile.preset=biopsy"]);
     for i in 0..2 {
         let shard = Shard { index: i, count: 2 };
-        let r = slide::run(&cfg, Some(&slides), false, shard).expect("shard");
+        let r =
+            slide::run(&cfg, Some(&slides), &common::options(false, false, shard)).expect("shard");
         assert_eq!(r.done, 1);
     }
     assert_eq!(read_coords(&sharded.join("patches/aperio40x.h5")), want40);
@@ -250,7 +281,12 @@ fn bad_slides_fail_one_by_one_and_good_ones_complete() {
     let cache = dir.path().join("cache");
     let cfg = config(&cache, &["tile.preset=biopsy", "tile.a_t=0.1"]);
     let slides = fixture("slides");
-    let report = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("run");
+    let report = slide::run(
+        &cfg,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("run");
     assert_eq!(report.done, 3, "{report:?}");
     let message = |id: &str| {
         report
@@ -284,7 +320,12 @@ fn bad_slides_fail_one_by_one_and_good_ones_complete() {
             "tile.fallback_mpp=0.5",
         ],
     );
-    let report = slide::run(&cfg, Some(&slides), false, Shard::ALL).expect("rerun");
+    let report = slide::run(
+        &cfg,
+        Some(&slides),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("rerun");
     assert_eq!((report.done, report.kept), (1, 3), "{report:?}");
     assert!(cache.join("patches/nompp.h5").is_file());
 }
@@ -304,7 +345,12 @@ fn a_slide_list_gives_mpp_and_segmentation_per_slide() {
     .unwrap();
     let cache = dir.path().join("cache");
     let cfg = config(&cache, &[]);
-    let report = slide::run(&cfg, Some(&list), false, Shard::ALL).expect("run");
+    let report = slide::run(
+        &cfg,
+        Some(&list),
+        &common::options(false, false, Shard::ALL),
+    )
+    .expect("run");
     assert_eq!(report.done, 2, "{report:?}");
     let file = hdf5::File::open(cache.join("patches/nompp.h5")).unwrap();
     let coords = file.dataset("coords").unwrap();

@@ -1,7 +1,7 @@
 //! Every value in fixtures/survival/reference/*.json (computed by lifelines 0.30.3,
 //! scikit-survival 0.28.0 and scipy 1.17.1 on real datasets) reproduced to 1e-6.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, reference, REFERENCES};
 use hdmoe_pipe::survival::{

@@ -1,7 +1,7 @@
 //! The report stage end to end: predictions in, tables and plot out, checked against the
 //! lifelines / scikit-survival / scipy reference values.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

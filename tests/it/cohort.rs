@@ -1,7 +1,7 @@
 //! Cohort tables, time bins, splits and sampling weights on the real TCGA label tables
 //! (fixtures/tcga, every patient of MCAT's BLCA and PORPOISE's BLCA/BRCA tables).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

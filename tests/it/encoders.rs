@@ -8,7 +8,7 @@
 //! only to float32 rounding, which on deep activations exceeds any fixed elementwise tolerance
 //! on small values. In float64 the same reordering is ~1e-15 relative.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use common::{
     tensor_values, U_F32,
 };
 use hdmoe_pipe::encode::{
-    load_weights, read_state_dict, resnet2d, resnet3d, EncodeError, Encoder, EncoderKind,
+    load_weights, read_state_dict, resnet2d, resnet3d, EncodeError, Encoder, Network,
 };
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -38,38 +38,36 @@ const F64_BOUND: f64 = 1e-9;
 /// with its BN, ReLU and shortcut), the `depth` of `rounding_bound`.
 struct Net {
     key: &'static str,
-    kind: EncoderKind,
+    kind: &'static Network,
     depth: i64,
 }
 
 /// conv1 and 16 bottlenecks of 3 convolutions.
-const RESNET50: Net = Net {
+static RESNET50: Net = Net {
     key: "resnet50",
-    kind: EncoderKind::Resnet50,
+    kind: &resnet2d::RESNET50.network,
     depth: 1 + 16 * 3,
 };
 /// conv1 and the 3 + 4 + 6 bottlenecks of layer1-3.
-const RESNET50_TRUNC: Net = Net {
+static RESNET50_TRUNC: Net = Net {
     key: "resnet50_trunc",
-    kind: EncoderKind::Resnet50Trunc,
+    kind: &resnet2d::RESNET50_TRUNC.network,
     depth: 1 + 13 * 3,
 };
 /// The stem and 8 basic blocks of 2 convolutions.
-const R3D_18: Net = Net {
+static R3D_18: Net = Net {
     key: "r3d_18",
-    kind: EncoderKind::Resnet3d18,
+    kind: &resnet3d::R3D_18.network,
     depth: 1 + 8 * 2,
 };
 
 /// Our port's network (the modules `Encoder` builds) with `weights` loaded as the product loads
 /// them, then cast to float64: the same float32 values torchvision's float64 reference used.
-fn port_f64(kind: EncoderKind, weights: &Path) -> (nn::VarStore, nn::SequentialT) {
+fn port_f64(kind: &Network, weights: &Path) -> (nn::VarStore, nn::SequentialT) {
+    // Initialisation draws from libtorch's generator, which in-process fits rely on.
+    let _generator = hdmoe_pipe::torch_rng::lock();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let net = match kind {
-        EncoderKind::Resnet3d18 => resnet3d::r3d_18(&vs.root()),
-        EncoderKind::Resnet50Trunc => resnet2d::resnet50(&vs.root(), true),
-        _ => resnet2d::resnet50(&vs.root(), false),
-    };
+    let net = (kind.build)(&vs.root());
     load_weights(&mut vs, weights, "torchvision").unwrap();
     vs.double();
     (vs, net)
@@ -103,7 +101,7 @@ fn measure(net: &Net, weights: &Path) -> Measured {
         net.key
     );
     let (want, width) = json_rows(&entry["output"]);
-    assert_eq!(width as i64, net.kind.feature_dim(), "{}", net.key);
+    assert_eq!(width as i64, net.kind.feature_dim, "{}", net.key);
     let shape: Vec<i64> = entry["input_shape"]
         .as_array()
         .unwrap()
@@ -160,7 +158,7 @@ fn check(net: &Net, weights: &Path) {
 #[test]
 fn resnet50_full_and_truncated_match_torchvision() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = hashed_weights(EncoderKind::Resnet50, dir.path());
+    let weights = hashed_weights(&resnet2d::RESNET50, dir.path());
     check(&RESNET50, &weights);
     check(&RESNET50_TRUNC, &weights);
 }
@@ -168,14 +166,14 @@ fn resnet50_full_and_truncated_match_torchvision() {
 #[test]
 fn r3d_18_matches_torchvision() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = hashed_weights(EncoderKind::Resnet3d18, dir.path());
+    let weights = hashed_weights(&resnet3d::R3D_18, dir.path());
     check(&R3D_18, &weights);
 }
 
 /// The hashed resnet50 weights with every BN running variance raised by `shift`: the network
 /// torchvision's would be with batch-norm eps 1e-5 + `shift`.
 fn wrong_eps_weights(dir: &Path, shift: f64) -> PathBuf {
-    let right = hashed_weights(EncoderKind::Resnet50, dir);
+    let right = hashed_weights(&resnet2d::RESNET50, dir);
     let named: Vec<(String, Tensor)> = Tensor::read_safetensors(&right)
         .unwrap()
         .into_iter()
@@ -238,7 +236,7 @@ fn state_dicts_load_from_pth_and_safetensors() {
 fn wrong_or_missing_weights_are_refused() {
     // A partial state dict (3 tensors) is not an r3d_18 state dict.
     let err = Encoder::new(
-        EncoderKind::Resnet3d18,
+        &resnet3d::R3D_18,
         Device::Cpu,
         Some(&fixture("encoders/small_state_dict.pth")),
         0,
@@ -248,7 +246,7 @@ fn wrong_or_missing_weights_are_refused() {
     assert!(matches!(err, EncodeError::WrongWeights { .. }), "{err}");
     assert!(err.to_string().contains("parameters missing"), "{err}");
     let err = Encoder::new(
-        EncoderKind::Resnet50,
+        &resnet2d::RESNET50,
         Device::Cpu,
         Some(&fixture("tcga/signatures.csv")),
         0,
@@ -262,10 +260,10 @@ fn wrong_or_missing_weights_are_refused() {
     );
     // Random weights are seeded: the same seed gives the same encoder.
     let x = hashed_tensor("input", &[1, 3, 4, 16, 16]);
-    let a = Encoder::new(EncoderKind::Resnet3d18, Device::Cpu, None, 7)
+    let a = Encoder::new(&resnet3d::R3D_18, Device::Cpu, None, 7)
         .unwrap()
         .forward(&x);
-    let b = Encoder::new(EncoderKind::Resnet3d18, Device::Cpu, None, 7)
+    let b = Encoder::new(&resnet3d::R3D_18, Device::Cpu, None, 7)
         .unwrap()
         .forward(&x);
     assert!(a.equal(&b));

@@ -1,7 +1,7 @@
 //! The genomics stage on committed subsets of the real MCAT/PORPOISE tables (every gene column,
 //! the first 24 patients) and on hand-made tables for the failure modes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +20,13 @@ fn config(cohort: &Path, signatures: &Path, cache: &Path, sets: &[&str]) -> Conf
     Config::load(None, &overrides).unwrap()
 }
 
-fn sizes(report: &genomics::GenomicsReport) -> Vec<usize> {
-    report.groups.iter().map(|g| g.columns.len()).collect()
+fn sizes(report: &genomics::GenomicsSummary) -> Vec<usize> {
+    report
+        .detail
+        .groups
+        .iter()
+        .map(|g| g.columns.len())
+        .collect()
 }
 
 #[test]
@@ -49,11 +54,11 @@ fn group_sizes_come_from_the_data() {
             dir.path(),
             &[],
         );
-        let report = genomics::run(&c, false).unwrap();
+        let report = genomics::run(&c, &common::forced(false)).unwrap();
         assert_eq!(sizes(&report), want, "{table}");
-        assert_eq!(report.patients, 24, "{table}");
+        assert_eq!(report.done, 24, "{table}");
         assert!(report.failed.is_empty());
-        for group in &report.groups {
+        for group in &report.detail.groups {
             let mut sorted = group.columns.clone();
             sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             assert_eq!(group.columns, sorted, "{table} {}: ASCII order", group.key);
@@ -70,9 +75,11 @@ fn release_quirk_drops_the_last_gene_column() {
         dir.path(),
         &["genomics.release_quirk=true"],
     );
-    let report = genomics::run(&c, false).unwrap();
+    let report = genomics::run(&c, &common::forced(false)).unwrap();
     assert_eq!(sizes(&report), vec![94, 334, 521, 468, 1495, 479]);
-    assert!(!report.groups[4].columns.contains(&"ZXDC_rnaseq".to_owned()));
+    assert!(!report.detail.groups[4]
+        .columns
+        .contains(&"ZXDC_rnaseq".to_owned()));
 }
 
 /// The value of `column` on the first CSV row of `case`, read independently of the stage.
@@ -94,9 +101,9 @@ fn written_values_are_the_raw_table_values() {
     let dir = tempfile::tempdir().unwrap();
     let table = fixture("tcga/blca_sig_24cases.csv");
     let c = config(&table, &fixture("tcga/signatures.csv"), dir.path(), &[]);
-    let report = genomics::run(&c, false).unwrap();
+    let report = genomics::run(&c, &common::forced(false)).unwrap();
 
-    let file = hdf5::File::open(&report.output).unwrap();
+    let file = hdf5::File::open(&report.detail.output).unwrap();
     let ids: Vec<String> = file
         .dataset("case_ids")
         .unwrap()
@@ -155,8 +162,12 @@ D,d1,4.5,0,abc
 ";
     let (dir, cohort, signatures) = small_case(table);
     let cache = dir.path().join("cache");
-    let report = genomics::run(&config(&cohort, &signatures, &cache, &[]), false).unwrap();
-    assert_eq!(report.patients, 1, "only C is complete and consistent");
+    let report = genomics::run(
+        &config(&cohort, &signatures, &cache, &[]),
+        &common::forced(false),
+    )
+    .unwrap();
+    assert_eq!(report.done, 1, "only C is complete and consistent");
     let failed: Vec<&str> = report.failed.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(failed, vec!["A", "B", "D"]);
     let message = &report.failed[0].1;
@@ -183,11 +194,11 @@ D,d1,4.5,0,abc
     // G2_cnv with the median of C, D (-1, 0) = -0.5, D's "abc" G3_mut with that of B, C = 1.
     let report = genomics::run(
         &config(&cohort, &signatures, &cache, &["genomics.missing=median"]),
-        true,
+        &common::forced(true),
     )
     .unwrap();
-    assert_eq!(report.patients, 3);
-    let file = hdf5::File::open(&report.output).unwrap();
+    assert_eq!(report.done, 3);
+    let file = hdf5::File::open(&report.detail.output).unwrap();
     let a = file.dataset("family_a").unwrap().read_2d::<f64>().unwrap();
     assert_eq!(
         a.row(0).to_vec(),
@@ -203,10 +214,10 @@ D,d1,4.5,0,abc
 
     let report = genomics::run(
         &config(&cohort, &signatures, &cache, &["genomics.missing=zero"]),
-        true,
+        &common::forced(true),
     )
     .unwrap();
-    let file = hdf5::File::open(&report.output).unwrap();
+    let file = hdf5::File::open(&report.detail.output).unwrap();
     let a = file.dataset("family_a").unwrap().read_2d::<f64>().unwrap();
     assert_eq!(a.row(0).to_vec(), vec![2.5, 0.0]);
 }
@@ -217,7 +228,10 @@ fn bad_signature_files_and_tables_are_refused() {
     let (dir, cohort, signatures) = small_case(table);
     let cache = dir.path().join("cache");
     let run = |cohort: &Path, signatures: &Path| {
-        genomics::run(&config(cohort, signatures, &cache, &[]), false)
+        genomics::run(
+            &config(cohort, signatures, &cache, &[]),
+            &common::forced(false),
+        )
     };
 
     // A family whose genes the table lacks.
@@ -253,17 +267,25 @@ fn reruns_keep_refuse_or_redo() {
     let (dir, cohort, signatures) = small_case(table);
     let cache = dir.path().join("cache");
     let output = cache.join("genomics.h5");
-    let first = genomics::run(&config(&cohort, &signatures, &cache, &[]), false).unwrap();
-    assert!(!first.kept);
+    let first = genomics::run(
+        &config(&cohort, &signatures, &cache, &[]),
+        &common::forced(false),
+    )
+    .unwrap();
+    assert_eq!(first.kept, 0);
     let bytes = std::fs::read(&output).unwrap();
 
-    let again = genomics::run(&config(&cohort, &signatures, &cache, &[]), false).unwrap();
-    assert!(again.kept);
+    let again = genomics::run(
+        &config(&cohort, &signatures, &cache, &[]),
+        &common::forced(false),
+    )
+    .unwrap();
+    assert!(again.kept > 0);
     assert_eq!(sizes(&again), sizes(&first));
 
     let e = genomics::run(
         &config(&cohort, &signatures, &cache, &["genomics.missing=zero"]),
-        false,
+        &common::forced(false),
     )
     .unwrap_err()
     .to_string();
@@ -277,16 +299,23 @@ fn reruns_keep_refuse_or_redo() {
         "case_id,G1_rnaseq,G2_cnv,G3_mut\nA,1,2,3\nB,4,5,7\n",
     )
     .unwrap();
-    let e = genomics::run(&config(&cohort, &signatures, &cache, &[]), false)
-        .unwrap_err()
-        .to_string();
+    let e = genomics::run(
+        &config(&cohort, &signatures, &cache, &[]),
+        &common::forced(false),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("cohort_sha256"), "{e}");
     std::fs::write(&cohort, table).unwrap();
 
     // A truncated output is remade, identical to the first.
     std::fs::write(&output, &bytes[..bytes.len() / 2]).unwrap();
-    let remade = genomics::run(&config(&cohort, &signatures, &cache, &[]), false).unwrap();
-    assert!(!remade.kept);
+    let remade = genomics::run(
+        &config(&cohort, &signatures, &cache, &[]),
+        &common::forced(false),
+    )
+    .unwrap();
+    assert_eq!(remade.kept, 0);
     assert_eq!(
         std::fs::read(&output).unwrap(),
         bytes,
@@ -321,7 +350,7 @@ fn full_tables_give_the_published_sizes() {
             dir.path(),
             &[],
         );
-        let report = genomics::run(&c, false).unwrap();
+        let report = genomics::run(&c, &common::forced(false)).unwrap();
         assert_eq!(sizes(&report), want, "{table}");
         assert!(report.failed.is_empty(), "{:?}", report.failed);
     }

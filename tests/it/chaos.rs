@@ -3,11 +3,11 @@
 //! status aside).
 //!
 //! Stages: tile, features, genomics, demo-mri (writing the MRI cases), mri, fit, report.
-//! `cargo test --test chaos` runs the fast version (6 demo slides, 2 folds, 3 epochs, two kills
+//! `cargo test --test it chaos::` runs the fast version (6 demo slides, 2 folds, 3 epochs, two kills
 //! per stage). `make chaos` sets HDMOE_CHAOS_FULL=1: the whole demo cohort (27 slides, 5 folds)
 //! and five kills per stage.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

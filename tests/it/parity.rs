@@ -3,13 +3,16 @@
 //! the official parameter names; eval outputs to 1e-6, train-mode gradients (dropout off) and
 //! four Adam steps to 1e-5 relative; each parameter's initial distribution as the release's.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::fixture;
 use hdmoe_pipe::model::loss::nll_survival;
-use hdmoe_pipe::model::{Architecture, Hdmoe, Inputs, Modality1, ModelSpec, Pass, UnchosenExperts};
+use hdmoe_pipe::model::{
+    self, Architecture, Inputs, LossTerm, Modality1, ModelSpec, Pass, SurvivalModel,
+    UnchosenExperts,
+};
 use hdmoe_pipe::train::adam::Adam;
 use serde_json::Value;
 use tch::{nn, Device, Kind, Tensor};
@@ -171,7 +174,7 @@ fn check_gradients(
 /// MCAT's SNN on one input vector of `n` genes.
 fn snn_spec(n: i64) -> ModelSpec {
     let mut spec = ModelSpec::wsi_genomics(vec![n], 256);
-    spec.architecture = Architecture::Snn;
+    spec.architecture = Architecture::SNN;
     spec.wsi = false;
     spec.modality_1 = Some(Modality1::Genomics);
     spec
@@ -201,9 +204,16 @@ fn release_spec(reference: &Value, unchosen: UnchosenExperts) -> ModelSpec {
 fn build(
     spec: ModelSpec,
     official: &serde_json::Map<String, Value>,
-) -> (nn::VarStore, Hdmoe, Vec<String>, Vec<Tensor>) {
+) -> (
+    nn::VarStore,
+    Box<dyn SurvivalModel>,
+    Vec<String>,
+    Vec<Tensor>,
+) {
+    // Initialisation draws from libtorch's generator, which in-process fits rely on.
+    let _generator = hdmoe_pipe::torch_rng::lock();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = Hdmoe::new(&vs.root(), spec);
+    let model = model::build(&vs.root(), spec);
     vs.double();
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -265,7 +275,7 @@ fn total_loss(out: &hdmoe_pipe::model::Output, case: &Value) -> Tensor {
         case["time_bin"].as_i64().unwrap(),
         case["censored"].as_bool().unwrap(),
     );
-    nll + &out.decoupling + &out.balance * 0.01
+    nll + out.loss(LossTerm::Decoupling) + out.loss(LossTerm::Balance) * 0.01
 }
 
 fn chosen(out: &hdmoe_pipe::model::Output) -> Vec<Vec<i64>> {
@@ -361,7 +371,7 @@ fn hdmoe_eval_outputs_and_gradients_equal_the_released_code() {
             "{patches} patches: chosen experts"
         );
         assert_eq!(
-            out.balance.double_value(&[]),
+            out.loss(LossTerm::Balance).double_value(&[]),
             0.0,
             "no load balance at evaluation"
         );
@@ -375,7 +385,7 @@ fn hdmoe_eval_outputs_and_gradients_equal_the_released_code() {
             "{patches} patches: chosen (train)"
         );
         check(
-            out.balance.double_value(&[]),
+            out.loss(LossTerm::Balance).double_value(&[]),
             want["loss_balance"].as_f64().unwrap(),
             1e-6,
             0.0,
@@ -486,9 +496,11 @@ fn initialisation_is_the_released_codes() {
 }
 
 fn check_init(init: &Value, spec: ModelSpec) {
+    // Initialisation draws from libtorch's generator, which in-process fits rely on.
+    let _generator = hdmoe_pipe::torch_rng::lock();
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
-    let _model = Hdmoe::new(&vs.root(), spec);
+    let _model = model::build(&vs.root(), spec);
     let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     assert_eq!(variables.len(), init.as_object().unwrap().len());
     for (name, want) in init.as_object().unwrap() {
@@ -605,8 +617,10 @@ fn an_official_state_dict_loads_as_it_is_and_predicts_what_the_official_code_doe
     let want = &reference["official_checkpoint"];
     let n = want["input_dim"].as_i64().unwrap();
     let spec = snn_spec(n);
+    // Initialisation draws from libtorch's generator, which in-process fits rely on.
+    let _generator = hdmoe_pipe::torch_rng::lock();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = Hdmoe::new(&vs.root(), spec);
+    let model = model::build(&vs.root(), spec);
     let file = fixture(&format!("parity/{}", want["file"].as_str().unwrap()));
     hdmoe_pipe::train::predict::load_checkpoint(&mut vs, &file, "snn").unwrap();
     vs.double();
@@ -632,9 +646,9 @@ fn an_official_state_dict_loads_as_it_is_and_predicts_what_the_official_code_doe
         "official checkpoint: risk",
         &mut worst,
     );
-    // The HDMoE model refuses it, naming what is missing.
+    // The HDMoE model refuses it, naming what is missing (still under the lock taken above).
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let _hdmoe = Hdmoe::new(&vs.root(), ModelSpec::wsi_genomics(vec![n], 256));
+    let _hdmoe = model::build(&vs.root(), ModelSpec::wsi_genomics(vec![n], 256));
     let err = hdmoe_pipe::train::predict::load_checkpoint(&mut vs, &file, "hdmoe")
         .unwrap_err()
         .to_string();

@@ -3,13 +3,13 @@
 //! reference in fp32 (TF32 convolutions), fp16 and bf16 channels-last, each within what its
 //! rounding allows; the features stage on CUDA, and training on CUDA.
 
-mod common;
+use crate::common;
 
 use common::{
     copy_slides, fixture, hashed_weights, json_rows, rounding_bound, scaled_errors, U_BF16, U_F16,
 };
 use hdmoe_pipe::config::Config;
-use hdmoe_pipe::encode::{Encoder, EncoderKind};
+use hdmoe_pipe::encode::{resnet2d, Encoder};
 use hdmoe_pipe::features;
 use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::slide::reader::Slide;
@@ -28,7 +28,7 @@ fn cuda() -> Option<Device> {
 fn cuda_features_match_torchvision_in_fp32_and_fp16() {
     let Some(device) = cuda() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let weights = hashed_weights(EncoderKind::Resnet50, dir.path());
+    let weights = hashed_weights(&resnet2d::RESNET50, dir.path());
     let text = std::fs::read_to_string(fixture("features/reference.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
     let slide = Slide::open(&fixture("slides/aperio20x.svs")).unwrap();
@@ -54,9 +54,9 @@ fn cuda_features_match_torchvision_in_fp32_and_fp16() {
     ] {
         let bound = rounding_bound(u, roundings, fan_in, depth);
         let mut encoder =
-            Encoder::new(EncoderKind::Resnet50Trunc, device, Some(&weights), 1).unwrap();
+            Encoder::new(&resnet2d::RESNET50_TRUNC, device, Some(&weights), 1).unwrap();
         encoder.set_precision(kind);
-        let mut stager = features::Stager::new(device);
+        let mut stager = features::Stager::new(device, &resnet2d::RESNET50_TRUNC.normalization);
         let out = features::embed(&encoder, &pixels, 4, 256, kind, &mut stager);
         let got = Vec::<f32>::try_from(&out.reshape([-1])).unwrap();
         let got: Vec<f64> = got.into_iter().map(f64::from).collect();
@@ -88,8 +88,8 @@ fn features_stage_runs_on_cuda_in_fp16() {
         ],
     )
     .unwrap();
-    hdmoe_pipe::slide::run(&config, None, false, Shard::ALL).unwrap();
-    let report = features::run(&config, false, true, Shard::ALL).unwrap();
+    hdmoe_pipe::slide::run(&config, None, &common::options(false, false, Shard::ALL)).unwrap();
+    let report = features::run(&config, &common::options(false, true, Shard::ALL)).unwrap();
     assert_eq!(report.done, 2, "{report:?}");
     println!("{report:?}");
 }
@@ -124,7 +124,7 @@ fn training_runs_on_cuda() {
         ],
     )
     .unwrap();
-    hdmoe_pipe::genomics::run(&config, false).unwrap();
+    hdmoe_pipe::genomics::run(&config, &Default::default()).unwrap();
     let result = hdmoe_pipe::train::run(&config, false).unwrap();
     let fold = &result.folds[0];
     println!("fold 0 on CUDA: last C-index {:.4}", fold.c_last);

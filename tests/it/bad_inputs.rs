@@ -2,7 +2,7 @@
 //! file and the problem, the good items complete, the exit status is non-zero with a summary,
 //! and nothing is left half-written.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! float64 features (same state dict); outputs keep CLAM's layout, are resumable and refuse
 //! mismatched parameters; bad slides fail alone.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use common::{
 };
 use hdmoe_pipe::cache::read_str_attr;
 use hdmoe_pipe::config::Config;
-use hdmoe_pipe::encode::EncoderKind;
+use hdmoe_pipe::encode::resnet2d;
 use hdmoe_pipe::features;
 use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::slide;
@@ -48,7 +48,7 @@ fn clam_patches(path: &Path, coords: &[[i64; 2]], size: i64) {
         .unwrap();
 }
 
-fn config(dir: &Path, slides: &Path, sets: &[String]) -> Config {
+pub(crate) fn config(dir: &Path, slides: &Path, sets: &[String]) -> Config {
     let mut overrides = vec![
         format!("paths.slides={}", slides.display()),
         format!("paths.cache={}", dir.join("cache").display()),
@@ -59,7 +59,7 @@ fn config(dir: &Path, slides: &Path, sets: &[String]) -> Config {
     Config::load(None, &overrides).expect("config")
 }
 
-fn read_features(path: &Path) -> ndarray::Array2<f32> {
+pub(crate) fn read_features(path: &Path) -> ndarray::Array2<f32> {
     hdf5::File::open(path)
         .and_then(|f| f.dataset("features"))
         .and_then(|d| d.read_2d())
@@ -69,7 +69,7 @@ fn read_features(path: &Path) -> ndarray::Array2<f32> {
 #[test]
 fn features_of_real_patches_match_torchvision() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = hashed_weights(EncoderKind::Resnet50, dir.path());
+    let weights = hashed_weights(&resnet2d::RESNET50, dir.path());
     let slides = copy_slides(dir.path(), &["aperio20x.svs"]);
     let want = reference();
     let coords: Vec<[i64; 2]> = want["coords"]
@@ -84,9 +84,9 @@ fn features_of_real_patches_match_torchvision() {
         &slides,
         &[format!("features.weights={}", weights.display())],
     );
-    let report = features::run(&cfg, false, false, Shard::ALL).expect("features");
+    let report = features::run(&cfg, &common::options(false, false, Shard::ALL)).expect("features");
     assert_eq!(report.done, 1, "{report:?}");
-    assert_eq!(report.timing.patches, 4);
+    assert_eq!(report.detail.timing.patches, 4);
     let out = dir.path().join("cache/features/aperio20x.h5");
     let got = read_features(&out);
     assert_eq!(got.dim(), (4, 1024));
@@ -127,13 +127,13 @@ fn features_of_real_patches_match_torchvision() {
     assert_eq!(read_str_attr(&file, "input_size").unwrap(), "256");
 }
 
-fn tiled(dir: &Path) -> PathBuf {
+pub(crate) fn tiled(dir: &Path) -> PathBuf {
     let slides = copy_slides(
         dir,
         &["aperio40x.svs", "cmu_small_region.svs", "not_a_slide.svs"],
     );
     let cfg = config(dir, &slides, &["tile.preset=biopsy".to_owned()]);
-    let report = slide::run(&cfg, None, false, Shard::ALL).expect("tile");
+    let report = slide::run(&cfg, None, &common::options(false, false, Shard::ALL)).expect("tile");
     assert_eq!(report.done, 2);
     slides
 }
@@ -145,11 +145,11 @@ fn stage_resumes_refuses_mismatches_and_reports_bad_slides() {
     let random = ["features.resize=64".to_owned()];
     let cfg = config(dir.path(), &slides, &random);
     // Without weights the stage refuses to run unless told to use random ones.
-    let err = features::run(&cfg, false, false, Shard::ALL)
+    let err = features::run(&cfg, &common::options(false, false, Shard::ALL))
         .unwrap_err()
         .to_string();
     assert!(err.contains("--random-weights"), "{err}");
-    let first = features::run(&cfg, false, true, Shard::ALL).expect("features");
+    let first = features::run(&cfg, &common::options(false, true, Shard::ALL)).expect("features");
     assert_eq!(first.done, 2, "{first:?}");
     assert_eq!(first.failed.len(), 1);
     assert!(
@@ -167,19 +167,19 @@ fn stage_resumes_refuses_mismatches_and_reports_bad_slides() {
     drop(file);
 
     // Kept on rerun; a deleted output is remade identically (seeded random weights).
-    let again = features::run(&cfg, false, true, Shard::ALL).expect("rerun");
+    let again = features::run(&cfg, &common::options(false, true, Shard::ALL)).expect("rerun");
     assert_eq!((again.done, again.kept), (0, 2));
     std::fs::remove_file(&out40).unwrap();
-    let r = features::run(&cfg, false, true, Shard::ALL).expect("after delete");
+    let r = features::run(&cfg, &common::options(false, true, Shard::ALL)).expect("after delete");
     assert_eq!((r.done, r.kept), (1, 1));
     assert_eq!(read_features(&out40), want);
 
     // Another input size: refused without --force.
     let other = config(dir.path(), &slides, &["features.resize=32".to_owned()]);
-    let r = features::run(&other, false, true, Shard::ALL).expect("mismatch");
+    let r = features::run(&other, &common::options(false, true, Shard::ALL)).expect("mismatch");
     assert!(r.failed.iter().any(|(_, m)| m.contains("--force")), "{r:?}");
     assert_eq!(read_features(&out40), want);
-    let r = features::run(&other, true, true, Shard::ALL).expect("force");
+    let r = features::run(&other, &common::options(true, true, Shard::ALL)).expect("force");
     assert_eq!(r.done, 2);
 
     // The full encoder gives 2048-d rows.
@@ -191,7 +191,7 @@ fn stage_resumes_refuses_mismatches_and_reports_bad_slides() {
             "features.encoder=resnet50".to_owned(),
         ],
     );
-    let r = features::run(&full, true, true, Shard::ALL).expect("resnet50");
+    let r = features::run(&full, &common::options(true, true, Shard::ALL)).expect("resnet50");
     assert_eq!(r.done, 2);
     assert_eq!(read_features(&out40).dim().1, 2048);
 }
@@ -209,7 +209,7 @@ fn a_slide_that_fails_mid_read_leaves_no_output() {
         ds.attr("patch_level").unwrap().write_scalar(&5i64).unwrap();
     }
     let cfg = config(dir.path(), &slides, &[]);
-    let r = features::run(&cfg, false, true, Shard::ALL).expect("run");
+    let r = features::run(&cfg, &common::options(false, true, Shard::ALL)).expect("run");
     assert_eq!(r.failed.len(), 1, "{r:?}");
     assert!(r.failed[0].1.contains("aperio20x.svs"), "{:?}", r.failed);
     assert!(r.failed[0].1.contains("level 5"), "{:?}", r.failed);

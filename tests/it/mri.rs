@@ -1,7 +1,7 @@
 //! The mri stage: NIfTI reading against nibabel, and whole runs over case folders built from
 //! the real nibabel volumes (fixtures/mri), with masks made here.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -150,7 +150,7 @@ fn each_bad_case_fails_alone_and_good_cases_are_encoded() {
     let expected_failures = cohort(&root);
     let c = config(&root, &cache, &[]);
 
-    let refused = mri::run(&c, false, false, Shard::ALL)
+    let refused = mri::run(&c, &common::options(false, false, Shard::ALL))
         .unwrap_err()
         .to_string();
     assert!(
@@ -158,7 +158,7 @@ fn each_bad_case_fails_alone_and_good_cases_are_encoded() {
         "{refused}"
     );
 
-    let report = mri::run(&c, false, true, Shard::ALL).unwrap();
+    let report = mri::run(&c, &common::options(false, true, Shard::ALL)).unwrap();
     assert_eq!(report.done, 2, "{:?}", report.failed);
     let failed: Vec<&str> = report.failed.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
@@ -201,7 +201,7 @@ fn each_bad_case_fails_alone_and_good_cases_are_encoded() {
 
     // The 4-D case works once the rule says which volume to use.
     let c4 = config(&root, &cache, &["mri.volume_4d=first"]);
-    let report = mri::run(&c4, false, true, Shard::ALL).unwrap();
+    let report = mri::run(&c4, &common::options(false, true, Shard::ALL)).unwrap();
     assert!(!report.failed.iter().any(|(c, _)| c == "fmri"));
     assert!(h5(&cache, "fmri").exists());
 }
@@ -216,8 +216,8 @@ fn reruns_keep_refuse_and_shard() {
     let c = config(&root, &cache, &[]);
 
     // Shards 0/2 and 1/2 together make every case, each once.
-    let first = mri::run(&c, false, true, "0/2".parse().unwrap()).unwrap();
-    let second = mri::run(&c, false, true, "1/2".parse().unwrap()).unwrap();
+    let first = mri::run(&c, &common::options(false, true, "0/2".parse().unwrap())).unwrap();
+    let second = mri::run(&c, &common::options(false, true, "1/2".parse().unwrap())).unwrap();
     assert_eq!((first.done, second.done), (2, 1));
     let sharded: Vec<Vec<u8>> = ["A", "B", "C"]
         .iter()
@@ -225,10 +225,10 @@ fn reruns_keep_refuse_and_shard() {
         .collect();
 
     // A whole run keeps them all, byte for byte.
-    let again = mri::run(&c, false, true, Shard::ALL).unwrap();
+    let again = mri::run(&c, &common::options(false, true, Shard::ALL)).unwrap();
     assert_eq!((again.done, again.kept), (0, 3));
     // --force remakes them identically (deterministic encoder and files).
-    let forced = mri::run(&c, true, true, Shard::ALL).unwrap();
+    let forced = mri::run(&c, &common::options(true, true, Shard::ALL)).unwrap();
     assert_eq!(forced.done, 3);
     for (k, bytes) in ["A", "B", "C"].iter().zip(&sharded) {
         let now = std::fs::read(h5(&cache, k)).unwrap();
@@ -244,7 +244,7 @@ fn reruns_keep_refuse_and_shard() {
         &vec![1.0; 33 * 41 * 25],
     )
     .unwrap();
-    let report = mri::run(&c, false, true, Shard::ALL).unwrap();
+    let report = mri::run(&c, &common::options(false, true, Shard::ALL)).unwrap();
     assert_eq!(report.failed.len(), 1);
     assert!(
         report.failed[0].1.contains("inputs_sha256") && report.failed[0].1.contains("--force"),
@@ -254,9 +254,9 @@ fn reruns_keep_refuse_and_shard() {
 
     // Other settings too (here the encoder).
     let slices = config(&root, &cache, &["mri.encoder=resnet50_slices"]);
-    let report = mri::run(&slices, false, true, Shard::ALL).unwrap();
+    let report = mri::run(&slices, &common::options(false, true, Shard::ALL)).unwrap();
     assert_eq!(report.failed.len(), 3);
-    let report = mri::run(&slices, true, true, Shard::ALL).unwrap();
+    let report = mri::run(&slices, &common::options(true, true, Shard::ALL)).unwrap();
     assert_eq!(report.done, 3);
     let file = hdf5::File::open(h5(&cache, "A")).unwrap();
     assert_eq!(file.dataset("features").unwrap().shape(), vec![5, 2048]);

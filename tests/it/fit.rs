@@ -10,15 +10,15 @@ use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp1, StandardNormal};
 
-struct Synthetic {
-    dir: PathBuf,
+pub(crate) struct Synthetic {
+    pub(crate) dir: PathBuf,
     overrides: Vec<String>,
 }
 
 /// `n` patients with 8 genes in two groups (and, with `wsi`, one slide of 16-d patch features
 /// per patient); the true risk is gene 0 + gene 1 − gene 5 (+ the patches' mean), survival
 /// exponential with that log-hazard, 30 % censored; two folds.
-fn synthetic(root: &Path, n: usize, shuffle_labels: bool, wsi: bool) -> Synthetic {
+pub(crate) fn synthetic(root: &Path, n: usize, shuffle_labels: bool, wsi: bool) -> Synthetic {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let dir = root.to_owned();
     let cache = dir.join("cache");
@@ -105,12 +105,12 @@ fn synthetic(root: &Path, n: usize, shuffle_labels: bool, wsi: bool) -> Syntheti
         "model.token_length=16".into(),
     ];
     let synthetic = Synthetic { dir, overrides };
-    hdmoe_pipe::genomics::run(&synthetic.config(&[]), false).unwrap();
+    hdmoe_pipe::genomics::run(&synthetic.config(&[]), &Default::default()).unwrap();
     synthetic
 }
 
 impl Synthetic {
-    fn config(&self, extra: &[&str]) -> Config {
+    pub(crate) fn config(&self, extra: &[&str]) -> Config {
         let mut all = self.overrides.clone();
         all.extend(extra.iter().map(|s| s.to_string()));
         Config::load(None, &all).unwrap()
@@ -119,7 +119,7 @@ impl Synthetic {
 
 /// libtorch's random generator is global: fits in one process must not overlap, or their
 /// dropout masks interleave (the CLI runs one fit per process).
-static ONE_FIT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static ONE_FIT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn mean_last(report: &train::FitReport) -> f64 {
     report.folds.iter().map(|f| f.c_last).sum::<f64>() / report.folds.len() as f64

@@ -1,7 +1,7 @@
 //! `read_state_dict` on every form torch.save writes (fixtures/state_dicts/, made by
 //! make_state_dicts.py with torch itself), checked against the values torch wrote.
 
-mod common;
+use crate::common;
 
 use common::fixture;
 use hdmoe_pipe::encode::{read_state_dict, EncodeError};
@@ -92,7 +92,7 @@ fn views_of_one_storage_come_back_as_separate_layouts() {
 
 #[test]
 fn the_encoder_fixtures_still_read() {
-    // A plain dict by torch.save, and the same by safetensors (tests/encoders.rs uses them).
+    // A plain dict by torch.save, and the same by safetensors (tests/it/encoders.rs uses them).
     for file in [
         "encoders/small_state_dict.pth",
         "encoders/small_state_dict.safetensors",
