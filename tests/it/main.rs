@@ -18,6 +18,7 @@ mod genomics;
 mod gpu;
 mod mri;
 mod parity;
+mod registries;
 
 mod report;
 mod state_dicts;
