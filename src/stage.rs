@@ -277,11 +277,6 @@ impl Ledger {
         }
     }
 
-    /// Items that failed so far.
-    pub fn failed(&self) -> usize {
-        self.lock().failed.len()
-    }
-
     /// Sorts the manifest by item, saves it, and returns the summary with the stage's detail.
     pub fn finish<D: StageDetail>(
         self,

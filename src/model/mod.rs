@@ -64,8 +64,6 @@ pub enum LossTerm {
 }
 
 impl LossTerm {
-    pub const ALL: [LossTerm; 2] = [LossTerm::Decoupling, LossTerm::Balance];
-
     /// Its weight in the total loss.
     pub fn weight(self, config: &crate::config::ModelConfig) -> f64 {
         match self {
