@@ -14,6 +14,7 @@ mod cohort;
 mod encoders;
 mod features;
 mod fit;
+mod fit_equality;
 mod genomics;
 mod gpu;
 mod mri;
