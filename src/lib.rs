@@ -10,7 +10,7 @@
 //! registries  encode::registry (patch and volume encoders: one entry each)
 //!             model::registry  (survival models behind the SurvivalModel trait)
 //! support     config (the YAML schema, one validate() per section), cohort, survival
-//!             (C-index, Kaplan–Meier, log-rank, t-tests), torch_rng
+//!             (C-index, Kaplan–Meier, log-rank, t-tests), torch_rng, profile (step phases)
 //! ```
 //!
 //! `main.rs` only parses arguments and dispatches to a stage's `run`; each module's header says
@@ -29,6 +29,7 @@ pub mod labels;
 pub mod model;
 pub mod mri;
 pub mod pipeline;
+pub mod profile;
 pub mod progress;
 pub mod report;
 pub mod shard;

@@ -8,6 +8,7 @@ use tch::Tensor;
 use super::init;
 use super::nystrom::{Ppeg, TransLayer};
 use super::{Inputs, Modality1, ModelSpec};
+use crate::profile;
 
 /// Linear with the release's initialisation (xavier-normal weight, zero bias).
 pub(crate) fn linear(vs: nn::Path, input: i64, output: i64) -> nn::Linear {
@@ -145,17 +146,22 @@ impl Encoder1 {
         match self {
             Encoder1::Genomics { snns, trans } => {
                 let groups = inputs.genomics.as_ref().expect("genomic inputs");
-                let tokens: Vec<Tensor> = snns
-                    .iter()
-                    .zip(groups)
-                    .map(|((a, b), x)| b.forward(&a.forward(x, train), train))
-                    .collect();
-                trans.forward(&Tensor::stack(&tokens, 0), train)
+                let tokens = profile::phase("forward: genomics SNNs", || {
+                    let tokens: Vec<Tensor> = snns
+                        .iter()
+                        .zip(groups)
+                        .map(|((a, b), x)| b.forward(&a.forward(x, train), train))
+                        .collect();
+                    Tensor::stack(&tokens, 0)
+                });
+                profile::phase("forward: genomics Transformer", || {
+                    trans.forward(&tokens, train)
+                })
             }
-            Encoder1::Mri { embed, trans } => {
+            Encoder1::Mri { embed, trans } => profile::phase("forward: MRI encoder", || {
                 let x = inputs.mri.as_ref().expect("MRI inputs");
                 trans.forward(&x.apply(embed).relu().dropout(0.25, train), train)
-            }
+            }),
         }
     }
 }
@@ -180,8 +186,10 @@ impl WsiEncoder {
 
     pub(crate) fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
-        let h = bag.apply(&self.fc1).relu().dropout(0.25, train);
-        let h = h.apply(&self.fc2).relu().dropout(0.25, train);
-        self.trans.forward(&h, train)
+        let h = profile::phase("forward: WSI fc", || {
+            let h = bag.apply(&self.fc1).relu().dropout(0.25, train);
+            h.apply(&self.fc2).relu().dropout(0.25, train)
+        });
+        profile::phase("forward: WSI TransMIL", || self.trans.forward(&h, train))
     }
 }

@@ -13,6 +13,7 @@ use super::{
     Pass, SurvivalModel,
 };
 use crate::config::Modality;
+use crate::profile;
 
 /// `model.architecture: hdmoe`: the fused model for two modalities, and with one modality that
 /// modality's encoder and a linear head (the paper's unimodal rows, `unimodal.rs`).
@@ -131,11 +132,32 @@ impl SurvivalModel for Hdmoe {
     }
 
     fn forward_pass(&self, inputs: &Inputs, segments: (i64, i64), pass: Pass) -> Output {
+        let v1 = self.encoder_1.forward(inputs, pass.dropout);
+        let v2 = self.wsi.forward(inputs, pass.dropout);
+        profile::phase("forward: MoEs, fusion, head", || {
+            self.fuse(&v1, &v2, segments, pass)
+        })
+    }
+
+    /// (S₁, S₂): the RFR's segment counts (1 when `model.rfr` is off).
+    fn segment_choices(&self) -> (Vec<i64>, Vec<i64>) {
+        if !self.spec.rfr {
+            return (vec![1], vec![1]);
+        }
+        let s2 = match self.spec.moe_output {
+            MoeOutputRule::Separate => moe::segment_choices(self.spec.dim),
+            MoeOutputRule::Sum => vec![1],
+        };
+        (moe::segment_choices(self.spec.dim / 2), s2)
+    }
+}
+
+impl Hdmoe {
+    /// The two encodings through the level-1 MoEs, alignment, RFR, level-2 MoE and head.
+    fn fuse(&self, v1: &Tensor, v2: &Tensor, segments: (i64, i64), pass: Pass) -> Output {
         let zero = || Tensor::zeros([], (self.head.ws.kind(), self.head.ws.device()));
         let train = pass.dropout;
         let fusion = &self.fusion;
-        let v1 = self.encoder_1.forward(inputs, train);
-        let v2 = self.wsi.forward(inputs, train);
         let g = self.spec.token_length;
         let m1 = fusion.moe_1.forward(&v1.view([-1, g]), train);
         let m2 = fusion.moe_wsi.forward(&v2.view([-1, g]), train);
@@ -197,17 +219,5 @@ impl SurvivalModel for Hdmoe {
         out.routing = routing;
         out.router_probabilities = router_probabilities;
         out
-    }
-
-    /// (S₁, S₂): the RFR's segment counts (1 when `model.rfr` is off).
-    fn segment_choices(&self) -> (Vec<i64>, Vec<i64>) {
-        if !self.spec.rfr {
-            return (vec![1], vec![1]);
-        }
-        let s2 = match self.spec.moe_output {
-            MoeOutputRule::Separate => moe::segment_choices(self.spec.dim),
-            MoeOutputRule::Sum => vec![1],
-        };
-        (moe::segment_choices(self.spec.dim / 2), s2)
     }
 }
