@@ -90,21 +90,190 @@ impl NystromAttention {
         let q = heads(qkv[0].shallow_clone()) * (self.dim_head as f64).powf(-0.5);
         let k = heads(qkv[1].shallow_clone());
         let v = heads(qkv[2].shallow_clone());
-        // Landmarks: means of l consecutive tokens (padding included, divisor l).
-        let landmark = |t: &Tensor| {
-            t.view([b, self.heads, m, l, self.dim_head])
-                .sum_dim_intlist(3, false, t.kind())
-                / l as f64
+        let mixed = if l == 1 && padded > n {
+            few_tokens::attend(&q, &k, &v, n, self.pinv_iterations)
+        } else {
+            attend(&q, &k, &v, m, self.pinv_iterations)
         };
-        let (q_l, k_l) = (landmark(&q), landmark(&k));
-        let attn1 = q.matmul(&k_l.transpose(-1, -2)).softmax(-1, q.kind());
-        let attn2 = q_l.matmul(&k_l.transpose(-1, -2)).softmax(-1, q.kind());
-        let attn3 = q_l.matmul(&k.transpose(-1, -2)).softmax(-1, q.kind());
-        let attn2_inv = iterative_pinv(&attn2, self.pinv_iterations);
-        let out = attn1.matmul(&attn2_inv).matmul(&attn3.matmul(&v)) + v.apply(&self.res_conv);
+        let out = mixed + v.apply(&self.res_conv);
         let out = out.transpose(1, 2).reshape([b, padded, dim]);
+        // On every padded position too, so dropout draws the same mask as the reference.
         let out = out.apply(&self.to_out).dropout(self.dropout, train);
         out.narrow(1, padded - n, n)
+    }
+}
+
+/// attn1 · pinv(attn2) · (attn3 · v) for q, k, v [B, H, l·m, dh], landmarks the means of l
+/// consecutive tokens (padding included, divisor l).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, m: i64, iterations: usize) -> Tensor {
+    let size = q.size();
+    let (b, h, padded, dh) = (size[0], size[1], size[2], size[3]);
+    let l = padded / m;
+    let landmark =
+        |t: &Tensor| t.view([b, h, m, l, dh]).sum_dim_intlist(3, false, t.kind()) / l as f64;
+    let (q_l, k_l) = (landmark(q), landmark(k));
+    let attn1 = q.matmul(&k_l.transpose(-1, -2)).softmax(-1, q.kind());
+    let attn2 = q_l.matmul(&k_l.transpose(-1, -2)).softmax(-1, q.kind());
+    let attn3 = q_l.matmul(&k.transpose(-1, -2)).softmax(-1, q.kind());
+    let attn2_inv = iterative_pinv(&attn2, iterations);
+    attn1.matmul(&attn2_inv).matmul(&attn3.matmul(v))
+}
+
+/// Nyström attention over fewer tokens than landmarks (the genomic and MRI token sequences, the
+/// smallest bags), computed without its m x m matrices. With n < m real tokens the reference
+/// pads m − n = p zero rows at the front; `to_qkv` has no bias, so their q, k and v are exactly
+/// zero, each landmark is one token (l = 1), and the three attention maps are one matrix A whose
+/// p padded rows are uniform (1/m) and whose real rows are constant across the padded columns.
+/// Every matrix the pseudo-inverse iteration builds from A keeps that form,
+/// `[[α J + β I, 1 cᵀ], [d 1ᵀ, E]]` (J the p x p ones), so it is carried as (α, β, c, d, E)
+/// with E n x n: the same function and gradient, its padded blocks summed in closed form
+/// instead of term by term (a float rounding difference), at O(n²) instead of O(m³).
+mod few_tokens {
+    use tch::Tensor;
+
+    /// `[[α J + β I, 1 cᵀ], [d 1ᵀ, E]]` over [B, H]: α, β [B, H, 1, 1], c [B, H, 1, n] (the
+    /// padded rows' real columns), d [B, H, n, 1] (the real rows' padded columns), E [B, H, n, n].
+    struct Blocks {
+        alpha: Tensor,
+        beta: Tensor,
+        c: Tensor,
+        d: Tensor,
+        e: Tensor,
+        /// Padded positions p.
+        p: f64,
+    }
+
+    impl Blocks {
+        fn product(&self, y: &Blocks) -> Blocks {
+            let p = self.p;
+            let x = self;
+            let alpha = &x.alpha * &y.alpha * p
+                + &x.alpha * &y.beta
+                + &x.beta * &y.alpha
+                + x.c.matmul(&y.d);
+            let c = (&x.alpha * p + &x.beta) * &y.c + x.c.matmul(&y.e);
+            let d = (&y.alpha * p + &y.beta) * &x.d + x.e.matmul(&y.d);
+            let e = x.d.matmul(&y.c) * p + x.e.matmul(&y.e);
+            Blocks {
+                alpha,
+                beta: &x.beta * &y.beta,
+                c,
+                d,
+                e,
+                p,
+            }
+        }
+
+        /// λ I − self.
+        fn subtracted_from_identity(&self, lambda: f64) -> Blocks {
+            let n = self.e.size()[self.e.dim() - 1];
+            let eye = Tensor::eye(n, (self.e.kind(), self.e.device()));
+            Blocks {
+                alpha: -&self.alpha,
+                beta: -&self.beta + lambda,
+                c: -&self.c,
+                d: -&self.d,
+                e: eye * lambda - &self.e,
+                p: self.p,
+            }
+        }
+
+        fn scaled(&self, s: &Tensor) -> Blocks {
+            Blocks {
+                alpha: &self.alpha * s,
+                beta: &self.beta * s,
+                c: &self.c * s,
+                d: &self.d * s,
+                e: &self.e * s,
+                p: self.p,
+            }
+        }
+
+        fn transposed(&self) -> Blocks {
+            Blocks {
+                alpha: self.alpha.shallow_clone(),
+                beta: self.beta.shallow_clone(),
+                c: self.d.transpose(-1, -2),
+                d: self.c.transpose(-1, -2),
+                e: self.e.transpose(-1, -2),
+                p: self.p,
+            }
+        }
+
+        /// The largest absolute row sum and the largest absolute column sum over the whole batch.
+        fn abs_sum_maxima(&self) -> (Tensor, Tensor) {
+            let kind = self.e.kind();
+            let p = self.p;
+            let diagonal = (&self.alpha + &self.beta).abs();
+            let padded_part = self.alpha.abs() * (p - 1.0) + diagonal;
+            let abs_e = self.e.abs();
+            // Rows: padded rows, then real rows.
+            let padded_row = &padded_part + self.c.abs().sum_dim_intlist(-1, true, kind);
+            let real_rows = self.d.abs() * p + abs_e.sum_dim_intlist(-1, true, kind);
+            let padded_col = &padded_part + self.d.abs().sum_dim_intlist(-2, true, kind);
+            let real_cols = self.c.abs() * p + abs_e.sum_dim_intlist(-2, true, kind);
+            let rows = padded_row.max().maximum(&real_rows.max());
+            let cols = padded_col.max().maximum(&real_cols.max());
+            (rows, cols)
+        }
+
+        /// self · [1 v_pᵀ; V] for values constant over the padded rows (v_p [B, H, 1, dh]).
+        fn apply(&self, v_p: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+            let p = self.p;
+            let top = (&self.alpha * p + &self.beta) * v_p + self.c.matmul(v);
+            let bottom = self.d.matmul(v_p) * p + self.e.matmul(v);
+            (top, bottom)
+        }
+    }
+
+    /// `iterative_pinv` in block form (same iteration, same whole-batch initial scale).
+    fn pinv(x: &Blocks, iterations: usize) -> Blocks {
+        let (rows, cols) = x.abs_sum_maxima();
+        let mut z = x.transposed().scaled(&(rows * cols).reciprocal());
+        let quarter = Tensor::from(0.25)
+            .to_kind(x.e.kind())
+            .to_device(x.e.device());
+        for _ in 0..iterations {
+            let xz = x.product(&z);
+            let inner = xz.subtracted_from_identity(7.0);
+            let inner = xz.product(&inner).subtracted_from_identity(15.0);
+            let inner = xz.product(&inner).subtracted_from_identity(13.0);
+            z = z.product(&inner).scaled(&quarter);
+        }
+        z
+    }
+
+    /// attn1 · pinv(attn2) · (attn3 · v) for q, k, v [B, H, m, dh] whose first m − n rows are
+    /// zero; returns [B, H, m, dh].
+    pub(super) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, n: i64, iterations: usize) -> Tensor {
+        let size = q.size();
+        let (b, h, m, dh) = (size[0], size[1], size[2], size[3]);
+        let p = (m - n) as f64;
+        let real = |t: &Tensor| t.narrow(2, m - n, n);
+        let (q, k, v) = (real(q), real(k), real(v));
+        let kind = q.kind();
+        let opts = (kind, q.device());
+        // Softmax of each real row [0 (p times), q_i · k_j]: max-shifted as softmax is.
+        let logits = q.matmul(&k.transpose(-1, -2));
+        let shift = logits.amax(-1, true).clamp_min(0.0).detach();
+        let e = (&logits - &shift).exp();
+        let e0 = (-&shift).exp();
+        let total = &e0 * p + e.sum_dim_intlist(-1, true, kind);
+        let uniform = 1.0 / m as f64;
+        let a = Blocks {
+            alpha: Tensor::full([b, h, 1, 1], uniform, opts),
+            beta: Tensor::zeros([b, h, 1, 1], opts),
+            c: Tensor::full([b, h, 1, n], uniform, opts),
+            d: &e0 / &total,
+            e: e / total,
+            p,
+        };
+        let z = pinv(&a, iterations);
+        let zero = Tensor::zeros([b, h, 1, dh], opts);
+        let (top, bottom) = a.apply(&zero, &v);
+        let (top, bottom) = z.apply(&top, &bottom);
+        let (top, bottom) = a.apply(&top, &bottom);
+        Tensor::cat(&[top.expand([b, h, m - n, dh], false), bottom], 2)
     }
 }
 
@@ -189,6 +358,47 @@ mod tests {
         let exact = ones.linalg_pinv(1e-12, false);
         let approx = iterative_pinv(&ones, 30);
         assert!((approx - exact).abs().max().double_value(&[]) < 1e-8);
+    }
+
+    /// The block form equals the dense computation in float64, value and gradient, for token
+    /// counts from 1 to m − 1 (and the pseudo-inverse's whole-batch scale over two heads).
+    #[test]
+    fn few_tokens_in_block_form_equal_the_dense_attention() {
+        tch::manual_seed(2);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let (m, dh) = (16, 4);
+        for n in [1, 2, 7, 15] {
+            let real =
+                |scale: f64| (Tensor::randn([1, 2, n, dh], opts) * scale).set_requires_grad(true);
+            let (q, k, v) = (real(1.5), real(1.5), real(1.0));
+            let pad = |t: &Tensor| {
+                Tensor::cat(
+                    &[Tensor::zeros([1, 2, m - n, dh], opts), t.shallow_clone()],
+                    2,
+                )
+            };
+            let dense = attend(&pad(&q), &pad(&k), &pad(&v), m, 6);
+            let blocks = few_tokens::attend(&pad(&q), &pad(&k), &pad(&v), n, 6);
+            let error = (&dense - &blocks).abs().max().double_value(&[]);
+            assert!(error < 1e-12, "n = {n}: value error {error}");
+            let probe = Tensor::randn([1, 2, m, dh], opts);
+            let grads = |out: &Tensor| {
+                Tensor::run_backward(
+                    &[(out * &probe).sum(Kind::Double)],
+                    &[&q, &k, &v],
+                    false,
+                    false,
+                )
+            };
+            for (a, b) in grads(&dense).iter().zip(grads(&blocks).iter()) {
+                let error = (a - b).abs().max().double_value(&[]);
+                let scale = a.abs().max().double_value(&[]);
+                assert!(
+                    error < 1e-10 * scale.max(1.0),
+                    "n = {n}: gradient error {error} of {scale}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -160,16 +160,19 @@ fn slide_stem(slide_id: &str) -> &str {
     slide_id
 }
 
-/// The `features` [N, D] dataset of a cache file, as a tensor.
-fn read_features(path: &Path) -> Result<Tensor, DataError> {
+/// The `features` [N, D] dataset of a cache file, as a tensor (copied once, from HDF5's buffer).
+pub fn read_features(path: &Path) -> Result<Tensor, DataError> {
     let file = hdf5::File::open(path).map_err(|e| file_error(path, e))?;
     let x = file
         .dataset("features")
         .and_then(|d| d.read_2d::<f32>())
         .map_err(|e| file_error(path, e))?;
     let (n, d) = x.dim();
-    let data: Vec<f32> = x.into_iter().collect();
-    Ok(Tensor::from_slice(&data).view([n as i64, d as i64]))
+    let tensor = match x.as_slice() {
+        Some(data) => Tensor::from_slice(data),
+        None => Tensor::from_slice(&x.iter().copied().collect::<Vec<f32>>()),
+    };
+    Ok(tensor.view([n as i64, d as i64]))
 }
 
 fn feature_width(path: &Path, dataset: &str) -> Result<i64, DataError> {
