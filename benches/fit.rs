@@ -134,9 +134,16 @@ impl Limits {
 }
 
 /// Forward FLOPs of one Nyström TransLayer on `n` tokens (d 256, 8 heads, 128 landmarks):
-/// (matmul part at the GEMM rate, pseudo-inverse part at the batched rate).
+/// (matmul part at the GEMM rate, pseudo-inverse part at the batched rate). Fewer tokens than
+/// landmarks need only the projections of the padded sequence and (n+1)-sized products
+/// (`model::nystrom`'s block form).
 fn translayer_flops(n: f64) -> (f64, f64) {
     let padded = (n / LANDMARKS).ceil() * LANDMARKS;
+    if n < LANDMARKS {
+        let small = n + 1.0;
+        let dense = 2.0 * padded * D * 4.0 * D + 2.0 * padded * D * 33.0;
+        return (dense, 6.0 * 4.0 * 2.0 * small.powi(3) * HEADS);
+    }
     let (m, d) = (LANDMARKS, D);
     let dense = 2.0 * padded * d * 3.0 * d          // to_qkv
         + 2.0 * padded * d * d                      // to_out

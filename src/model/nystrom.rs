@@ -14,7 +14,11 @@ pub fn iterative_pinv(x: &Tensor, iterations: usize) -> Tensor {
     let abs = x.abs();
     let col = abs.sum_dim_intlist(-1, false, x.kind()).max();
     let row = abs.sum_dim_intlist(-2, false, x.kind()).max();
-    let mut z = x.transpose(-1, -2) / (col * row);
+    newton_schulz(x, x.transpose(-1, -2) / (col * row), iterations)
+}
+
+/// The reference's iteration z ← ¼ z (13 I − x z (15 I − x z (7 I − x z))) from `z`.
+fn newton_schulz(x: &Tensor, mut z: Tensor, iterations: usize) -> Tensor {
     let m = x.size()[x.dim() - 1];
     let eye = Tensor::eye(m, (x.kind(), x.device()));
     for _ in 0..iterations {
@@ -121,127 +125,18 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, m: i64, iterations: usize) -> Tens
 
 /// Nyström attention over fewer tokens than landmarks (the genomic and MRI token sequences, the
 /// smallest bags), computed without its m x m matrices. With n < m real tokens the reference
-/// pads m − n = p zero rows at the front; `to_qkv` has no bias, so their q, k and v are exactly
+/// pads p = m − n zero rows at the front; `to_qkv` has no bias, so their q, k and v are exactly
 /// zero, each landmark is one token (l = 1), and the three attention maps are one matrix A whose
-/// p padded rows are uniform (1/m) and whose real rows are constant across the padded columns.
-/// Every matrix the pseudo-inverse iteration builds from A keeps that form,
-/// `[[α J + β I, 1 cᵀ], [d 1ᵀ, E]]` (J the p x p ones), so it is carried as (α, β, c, d, E)
-/// with E n x n: the same function and gradient, its padded blocks summed in closed form
-/// instead of term by term (a float rounding difference), at O(n²) instead of O(m³).
+/// padded rows are uniform (1/m) and whose real rows are constant (d_i) across the padded
+/// columns. Such a matrix, `[[α J + β I, 1 cᵀ], [d 1ᵀ, E]]` (J the p x p ones), acts on the
+/// padded positions' zero-sum vectors as β I and on span(1_P/√p) ⊕ the real positions as the
+/// (n+1) x (n+1) matrix `[[pα + β, √p cᵀ], [√p d, E]]`; products and transposes carry over, and
+/// every iterate z of the pseudo-inverse has β = 0 (z₀ = Aᵀ/s does). So the iteration runs on
+/// the small matrix, its initial scale taken from the full A's row and column sums: the same
+/// function and gradient, the padded blocks summed in closed form (a rounding difference), at
+/// O(n³) instead of O(m³) per product.
 mod few_tokens {
     use tch::Tensor;
-
-    /// `[[α J + β I, 1 cᵀ], [d 1ᵀ, E]]` over [B, H]: α, β [B, H, 1, 1], c [B, H, 1, n] (the
-    /// padded rows' real columns), d [B, H, n, 1] (the real rows' padded columns), E [B, H, n, n].
-    struct Blocks {
-        alpha: Tensor,
-        beta: Tensor,
-        c: Tensor,
-        d: Tensor,
-        e: Tensor,
-        /// Padded positions p.
-        p: f64,
-    }
-
-    impl Blocks {
-        fn product(&self, y: &Blocks) -> Blocks {
-            let p = self.p;
-            let x = self;
-            let alpha = &x.alpha * &y.alpha * p
-                + &x.alpha * &y.beta
-                + &x.beta * &y.alpha
-                + x.c.matmul(&y.d);
-            let c = (&x.alpha * p + &x.beta) * &y.c + x.c.matmul(&y.e);
-            let d = (&y.alpha * p + &y.beta) * &x.d + x.e.matmul(&y.d);
-            let e = x.d.matmul(&y.c) * p + x.e.matmul(&y.e);
-            Blocks {
-                alpha,
-                beta: &x.beta * &y.beta,
-                c,
-                d,
-                e,
-                p,
-            }
-        }
-
-        /// λ I − self.
-        fn subtracted_from_identity(&self, lambda: f64) -> Blocks {
-            let n = self.e.size()[self.e.dim() - 1];
-            let eye = Tensor::eye(n, (self.e.kind(), self.e.device()));
-            Blocks {
-                alpha: -&self.alpha,
-                beta: -&self.beta + lambda,
-                c: -&self.c,
-                d: -&self.d,
-                e: eye * lambda - &self.e,
-                p: self.p,
-            }
-        }
-
-        fn scaled(&self, s: &Tensor) -> Blocks {
-            Blocks {
-                alpha: &self.alpha * s,
-                beta: &self.beta * s,
-                c: &self.c * s,
-                d: &self.d * s,
-                e: &self.e * s,
-                p: self.p,
-            }
-        }
-
-        fn transposed(&self) -> Blocks {
-            Blocks {
-                alpha: self.alpha.shallow_clone(),
-                beta: self.beta.shallow_clone(),
-                c: self.d.transpose(-1, -2),
-                d: self.c.transpose(-1, -2),
-                e: self.e.transpose(-1, -2),
-                p: self.p,
-            }
-        }
-
-        /// The largest absolute row sum and the largest absolute column sum over the whole batch.
-        fn abs_sum_maxima(&self) -> (Tensor, Tensor) {
-            let kind = self.e.kind();
-            let p = self.p;
-            let diagonal = (&self.alpha + &self.beta).abs();
-            let padded_part = self.alpha.abs() * (p - 1.0) + diagonal;
-            let abs_e = self.e.abs();
-            // Rows: padded rows, then real rows.
-            let padded_row = &padded_part + self.c.abs().sum_dim_intlist(-1, true, kind);
-            let real_rows = self.d.abs() * p + abs_e.sum_dim_intlist(-1, true, kind);
-            let padded_col = &padded_part + self.d.abs().sum_dim_intlist(-2, true, kind);
-            let real_cols = self.c.abs() * p + abs_e.sum_dim_intlist(-2, true, kind);
-            let rows = padded_row.max().maximum(&real_rows.max());
-            let cols = padded_col.max().maximum(&real_cols.max());
-            (rows, cols)
-        }
-
-        /// self · [1 v_pᵀ; V] for values constant over the padded rows (v_p [B, H, 1, dh]).
-        fn apply(&self, v_p: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-            let p = self.p;
-            let top = (&self.alpha * p + &self.beta) * v_p + self.c.matmul(v);
-            let bottom = self.d.matmul(v_p) * p + self.e.matmul(v);
-            (top, bottom)
-        }
-    }
-
-    /// `iterative_pinv` in block form (same iteration, same whole-batch initial scale).
-    fn pinv(x: &Blocks, iterations: usize) -> Blocks {
-        let (rows, cols) = x.abs_sum_maxima();
-        let mut z = x.transposed().scaled(&(rows * cols).reciprocal());
-        let quarter = Tensor::from(0.25)
-            .to_kind(x.e.kind())
-            .to_device(x.e.device());
-        for _ in 0..iterations {
-            let xz = x.product(&z);
-            let inner = xz.subtracted_from_identity(7.0);
-            let inner = xz.product(&inner).subtracted_from_identity(15.0);
-            let inner = xz.product(&inner).subtracted_from_identity(13.0);
-            z = z.product(&inner).scaled(&quarter);
-        }
-        z
-    }
 
     /// attn1 · pinv(attn2) · (attn3 · v) for q, k, v [B, H, m, dh] whose first m − n rows are
     /// zero; returns [B, H, m, dh].
@@ -253,27 +148,49 @@ mod few_tokens {
         let (q, k, v) = (real(q), real(k), real(v));
         let kind = q.kind();
         let opts = (kind, q.device());
-        // Softmax of each real row [0 (p times), q_i · k_j]: max-shifted as softmax is.
+        // Softmax of each real row [0 (p times), q_i · k_j], max-shifted as softmax is (the
+        // shift cancels in value and gradient).
         let logits = q.matmul(&k.transpose(-1, -2));
         let shift = logits.amax(-1, true).clamp_min(0.0).detach();
         let e = (&logits - &shift).exp();
         let e0 = (-&shift).exp();
         let total = &e0 * p + e.sum_dim_intlist(-1, true, kind);
+        let d = &e0 / &total; // [B, H, n, 1]
+        let e = e / total; // [B, H, n, n]
         let uniform = 1.0 / m as f64;
-        let a = Blocks {
-            alpha: Tensor::full([b, h, 1, 1], uniform, opts),
-            beta: Tensor::zeros([b, h, 1, 1], opts),
-            c: Tensor::full([b, h, 1, n], uniform, opts),
-            d: &e0 / &total,
-            e: e / total,
-            p,
-        };
-        let z = pinv(&a, iterations);
-        let zero = Tensor::zeros([b, h, 1, dh], opts);
-        let (top, bottom) = a.apply(&zero, &v);
-        let (top, bottom) = z.apply(&top, &bottom);
-        let (top, bottom) = a.apply(&top, &bottom);
-        Tensor::cat(&[top.expand([b, h, m - n, dh], false), bottom], 2)
+        let root_p = p.sqrt();
+        let a = Tensor::cat(
+            &[
+                Tensor::cat(
+                    &[
+                        Tensor::full([b, h, 1, 1], p * uniform, opts),
+                        Tensor::full([b, h, 1, n], root_p * uniform, opts),
+                    ],
+                    -1,
+                ),
+                Tensor::cat(&[&d * root_p, e.shallow_clone()], -1),
+            ],
+            -2,
+        );
+        // The full A's largest absolute row sum (padded rows sum to (p + n)/m) and column sum
+        // (padded columns p/m + Σ d, real ones p/m + Σ_i E_ij), over the whole batch.
+        let padded_row = Tensor::full([1], (p + n as f64) * uniform, opts);
+        let real_rows = &d * p + e.sum_dim_intlist(-1, true, kind);
+        let rows = padded_row.max().maximum(&real_rows.max());
+        let cols = (Tensor::cat(
+            &[
+                d.sum_dim_intlist(-2, true, kind),
+                e.sum_dim_intlist(-2, true, kind),
+            ],
+            -1,
+        ) + p * uniform)
+            .max();
+        let z = super::newton_schulz(&a, a.transpose(-1, -2) / (rows * cols), iterations);
+        // v is zero on the padded positions: its small form is [0; v].
+        let av = a.narrow(-1, 1, n).matmul(&v);
+        let out = a.matmul(&z.matmul(&av));
+        let padded = (out.narrow(2, 0, 1) / root_p).expand([b, h, m - n, dh], false);
+        Tensor::cat(&[padded, out.narrow(2, 1, n)], 2)
     }
 }
 
