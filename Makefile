@@ -61,7 +61,7 @@ $(LARGE_SLIDE): fixtures/slides/make_slides.py | setup
 # CLAM_DIR (a CLAM checkout) and CLAM_PYTHON (a Python with CLAM's requirements) add CLAM's own
 # timings and patch counts to the tile table.
 bench: setup $(LARGE_SLIDE)
-	HDMOE_BENCH_TORCH_PYTHON=$(VENV)/bin/python $(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench tile --bench features
+	HDMOE_BENCH_TORCH_PYTHON=$(VENV)/bin/python $(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench fit_epoch --bench tile --bench features
 	@$(MAKE) --no-print-directory tcga-table
 
 # The TCGA rows of runs `make bench-tcga` finished (training them takes hours, so `bench` only

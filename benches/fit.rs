@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hdmoe_pipe::model::loss::nll_survival;
-use hdmoe_pipe::model::{self, Inputs, LossTerm, Modality1, ModelSpec, SurvivalModel};
+use hdmoe_pipe::model::{self, Inputs, LossTerm, Modality1, ModelSpec};
 use hdmoe_pipe::profile;
 use hdmoe_pipe::train::adam::Adam;
 use tch::{nn, Device, Kind, Tensor};
@@ -219,11 +219,12 @@ fn profile_case(
         });
         let out = model.forward(&inputs, (4, 8), true);
         let loss = profile::phase("loss", || {
-            let mut total = nll_survival(&out.hazards, &out.survival, 1, false);
-            for &term in model.loss_terms() {
-                total = total + out.loss(term) * if term == LossTerm::Balance { 0.01 } else { 1.0 };
-            }
-            total
+            let survival = nll_survival(&out.hazards, &out.survival, 1, false);
+            // Not `+=`, which adds in place into a tensor the graph saved.
+            model.loss_terms().iter().fold(survival, |total, &term| {
+                let weight = if term == LossTerm::Balance { 0.01 } else { 1.0 };
+                total + out.loss(term) * weight
+            })
         });
         let grads = profile::phase("backward", || {
             Tensor::run_backward(&[loss], &params, false, false)

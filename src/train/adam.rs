@@ -79,7 +79,7 @@ macro_rules! element {
                 // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                 let denom = v.sqrt() / c.bias2_sqrt + c.eps;
                 // param.addcdiv_(exp_avg, denom, value=-step_size)
-                *p = *p + c.neg_step_size * *m / denom;
+                *p += c.neg_step_size * *m / denom;
             }
         }
     };
