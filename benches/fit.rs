@@ -149,9 +149,9 @@ fn translayer_flops(n: f64) -> (f64, f64) {
         + 2.0 * padded * d * d                      // to_out
         + 2.0 * padded * m * d * 2.0                // q·k_lᵀ, q_l·kᵀ
         + 2.0 * m * m * d                           // q_l·k_lᵀ
-        + 2.0 * padded * m * m * HEADS              // attn1 · pinv
         + 2.0 * m * padded * d                      // attn3 · v
-        + 2.0 * padded * m * d                      // (attn1 pinv) · (attn3 v)
+        + 2.0 * m * m * d                           // pinv · (attn3 v)
+        + 2.0 * padded * m * d                      // attn1 · (pinv attn3 v)
         + 2.0 * padded * d * 33.0; // res_conv
     let pinv = 6.0 * 4.0 * 2.0 * m.powi(3) * HEADS;
     (dense, pinv)

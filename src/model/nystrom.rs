@@ -120,7 +120,10 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, m: i64, iterations: usize) -> Tens
     let attn2 = q_l.matmul(&k_l.transpose(-1, -2)).softmax(-1, q.kind());
     let attn3 = q_l.matmul(&k.transpose(-1, -2)).softmax(-1, q.kind());
     let attn2_inv = iterative_pinv(&attn2, iterations);
-    attn1.matmul(&attn2_inv).matmul(&attn3.matmul(v))
+    // Right to left: pinv · (attn3 · v) is m x dh, so the n x m x m product of the reference's
+    // (attn1 · pinv) · (attn3 · v) and its two backward products are never formed (the same
+    // product, summed in another order).
+    attn1.matmul(&attn2_inv.matmul(&attn3.matmul(v)))
 }
 
 /// Nyström attention over fewer tokens than landmarks (the genomic and MRI token sequences, the
