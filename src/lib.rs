@@ -25,6 +25,7 @@ pub mod doctor;
 pub mod encode;
 pub mod features;
 pub mod genomics;
+pub mod kernels;
 pub mod labels;
 pub mod model;
 pub mod mri;

@@ -129,8 +129,9 @@ impl<T: Element> Piece<T> {
                 std::slice::from_raw_parts_mut(self.v, self.len),
             )
         };
-        for i in 0..self.len {
-            T::update(&mut p[i], g[i], &mut m[i], &mut v[i], &scalars);
+        // Zipped, so the four equal lengths need no bounds checks and the loop vectorises.
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            T::update(p, g, m, v, &scalars);
         }
     }
 }
@@ -194,7 +195,7 @@ impl Adam {
                 }
                 self.steps[i] += 1;
                 let c = self.coefficients(self.steps[i]);
-                if !fusable(p, &self.m[i], &self.v[i]) {
+                if !fusable(p, &self.m[i], &self.v[i]) || crate::kernels::reference() {
                     self.tensor_step(i, p, g, &c);
                     continue;
                 }
