@@ -10,7 +10,8 @@
 //! registries  encode::registry (patch and volume encoders: one entry each)
 //!             model::registry  (survival models behind the SurvivalModel trait)
 //! support     config (the YAML schema, one validate() per section), cohort, survival
-//!             (C-index, Kaplan–Meier, log-rank, t-tests), torch_rng, profile (step phases)
+//!             (C-index, Kaplan–Meier, log-rank, t-tests), torch_rng, profile (step phases),
+//!             kernels (the training kernels the speed work replaced, for the equality test)
 //! ```
 //!
 //! `main.rs` only parses arguments and dispatches to a stage's `run`; each module's header says
