@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hdmoe_pipe::model::loss::nll_survival;
-use hdmoe_pipe::model::{self, Inputs, LossTerm, Modality1, ModelSpec};
+use hdmoe_pipe::model::{self, Inputs, LossTerm, Modality1, ModelSpec, SurvivalModel};
 use hdmoe_pipe::profile;
 use hdmoe_pipe::train::adam::Adam;
 use tch::{nn, Device, Kind, Tensor};
@@ -164,6 +164,24 @@ fn parameters(vs: &nn::VarStore) -> (Vec<Tensor>, f64) {
     (params, count)
 }
 
+/// One training step as `fit` takes it (forward, NLL + the model's weighted terms, backward,
+/// Adam), its phases marked for the profile (free when no profile is recording).
+fn train_step(model: &dyn SurvivalModel, inputs: &Inputs, params: &[Tensor], adam: &mut Adam) {
+    let out = model.forward(inputs, (4, 8), true);
+    let loss = profile::phase("loss", || {
+        let survival = nll_survival(&out.hazards, &out.survival, 1, false);
+        // Not `+=`, which adds in place into a tensor the graph saved.
+        model.loss_terms().iter().fold(survival, |total, &term| {
+            let weight = if term == LossTerm::Balance { 0.01 } else { 1.0 };
+            total + out.loss(term) * weight
+        })
+    });
+    let grads = profile::phase("backward", || {
+        Tensor::run_backward(&[loss], params, false, false)
+    });
+    profile::phase("Adam", || adam.step(params, &grads));
+}
+
 /// One measured configuration of the profile.
 struct Case {
     label: String,
@@ -217,19 +235,7 @@ fn profile_case(
             genomics: Some(GROUPS.iter().map(|&c| Tensor::randn([c], opts)).collect()),
             mri: None,
         });
-        let out = model.forward(&inputs, (4, 8), true);
-        let loss = profile::phase("loss", || {
-            let survival = nll_survival(&out.hazards, &out.survival, 1, false);
-            // Not `+=`, which adds in place into a tensor the graph saved.
-            model.loss_terms().iter().fold(survival, |total, &term| {
-                let weight = if term == LossTerm::Balance { 0.01 } else { 1.0 };
-                total + out.loss(term) * weight
-            })
-        });
-        let grads = profile::phase("backward", || {
-            Tensor::run_backward(&[loss], &params, false, false)
-        });
-        profile::phase("Adam", || adam.step(&params, &grads));
+        train_step(model.as_ref(), &inputs, &params, &mut adam);
         let phases = profile::take();
         if r == 0 {
             // The first step warms up the allocator.
@@ -331,12 +337,7 @@ fn time_ours(device: Device, timings: &mut Timings) {
             let mut times = Vec::new();
             for r in 0..=reps {
                 let start = Instant::now();
-                let out = model.forward(&inputs, (4, 8), true);
-                let loss = nll_survival(&out.hazards, &out.survival, 1, false)
-                    + out.loss(LossTerm::Decoupling)
-                    + out.loss(LossTerm::Balance) * 0.01;
-                let grads = Tensor::run_backward(&[loss], &params, false, false);
-                adam.step(&params, &grads);
+                train_step(model.as_ref(), &inputs, &params, &mut adam);
                 // Reading a value waits for the device to finish the step.
                 let _ = f64::try_from(&params[0].flatten(0, -1).get(0));
                 if r > 0 {
