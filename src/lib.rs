@@ -11,7 +11,8 @@
 //!             model::registry  (survival models behind the SurvivalModel trait)
 //! support     config (the YAML schema, one validate() per section), cohort, survival
 //!             (C-index, Kaplan–Meier, log-rank, t-tests), torch_rng, profile (step phases),
-//!             kernels (the training kernels the speed work replaced, for the equality test)
+//!             kernels (the training kernels the speed work replaced, for the equality test),
+//!             memory (keeps freed tensor pages mapped between training steps)
 //! ```
 //!
 //! `main.rs` only parses arguments and dispatches to a stage's `run`; each module's header says
@@ -28,6 +29,7 @@ pub mod features;
 pub mod genomics;
 pub mod kernels;
 pub mod labels;
+pub mod memory;
 pub mod model;
 pub mod mri;
 pub mod pipeline;

@@ -325,5 +325,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     hdmoe_pipe::progress::set_quiet(cli.quiet);
+    hdmoe_pipe::memory::keep_freed_memory();
     stage::exit_code(run(cli))
 }
