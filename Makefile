@@ -60,8 +60,13 @@ $(LARGE_SLIDE): fixtures/slides/make_slides.py | setup
 
 # CLAM_DIR (a CLAM checkout) and CLAM_PYTHON (a Python with CLAM's requirements) add CLAM's own
 # timings and patch counts to the tile table.
+# HDMOE_OFFICIAL (a checkout of github.com/ZJUMAI/HDMoE) adds the official code's epoch beside
+# fit's (benches/fit_epoch.rs; the Python packages scripts/bench_fit_official.py needs go into the venv).
+HDMOE_OFFICIAL ?=
+OFFICIAL_PACKAGES := 'pandas<3' scikit-learn scikit-survival tqdm tensorboard einops h5py
 bench: setup $(LARGE_SLIDE)
-	HDMOE_BENCH_TORCH_PYTHON=$(VENV)/bin/python $(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench fit_epoch --bench tile --bench features
+	@if [ -n "$(HDMOE_OFFICIAL)" ]; then $(VENV)/bin/pip install -q $(OFFICIAL_PACKAGES); fi
+	HDMOE_BENCH_OFFICIAL=$(HDMOE_OFFICIAL) HDMOE_BENCH_TORCH_PYTHON=$(VENV)/bin/python $(CARGO) bench --profile dev --bench survival --bench genomics --bench mri --bench fit --bench fit_epoch --bench tile --bench features
 	@$(MAKE) --no-print-directory tcga-table
 
 # The TCGA rows of runs `make bench-tcga` finished (training them takes hours, so `bench` only
