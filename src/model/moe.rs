@@ -258,12 +258,21 @@ mod tests {
                 unchosen: UnchosenExperts::Step,
             },
         );
-        let tokens = Tensor::randn([1, 8], (Kind::Float, tch::Device::Cpu));
-        let out = moe.forward(&tokens, false);
-        let e = out.chosen.int64_value(&[0, 0]);
-        let p = out.probabilities.double_value(&[0, e]);
+        // The router's gradient is p's times the chosen expert's output sum, so the tokens must
+        // give that expert a nonzero sum; other tests draw from the same global generator at
+        // the same time, so the draw is not fixed by the seed alone.
+        let (out, p, direct) = (0..50)
+            .find_map(|_| {
+                let tokens = Tensor::randn([1, 8], (Kind::Float, tch::Device::Cpu));
+                let out = moe.forward(&tokens, false);
+                let e = out.chosen.int64_value(&[0, 0]);
+                let p = out.probabilities.double_value(&[0, e]);
+                let direct = moe.experts[e as usize].forward(&tokens.get(0), false) * p;
+                let nonzero = direct.sum(Kind::Float).double_value(&[]).abs() > 1e-6;
+                nonzero.then_some((out, p, direct))
+            })
+            .expect("tokens whose chosen expert has a nonzero output sum");
         assert!(p < 1.0);
-        let direct = moe.experts[e as usize].forward(&tokens.get(0), false) * p;
         assert!((&out.routed - direct).abs().max().double_value(&[]) < 1e-6);
         // The task loss reaches the router through the raw weight.
         let grads = Tensor::run_backward(
