@@ -38,6 +38,28 @@ fn epoch_seconds(runs: &Path) -> f64 {
         .expect("seconds column")
 }
 
+/// The overrides both sections share: the study's signatures and splits, one epoch of fold 0 on
+/// the CPU, the cache under `scratch` and the run folder `runs`.
+fn fold_0_epoch(shared: &Path, study: &str, scratch: &Path, runs: &Path) -> Vec<String> {
+    vec![
+        format!(
+            "paths.signatures={}",
+            shared.join("signatures.csv").display()
+        ),
+        format!(
+            "paths.splits={}",
+            shared
+                .join(format!("splits/5foldcv/tcga_{study}"))
+                .display()
+        ),
+        format!("paths.cache={}", scratch.join("cache").display()),
+        format!("paths.runs={}", runs.display()),
+        "train.epochs=1".into(),
+        "train.folds=[0]".into(),
+        "train.device=cpu".into(),
+    ]
+}
+
 fn main() {
     hdmoe_pipe::memory::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -81,26 +103,13 @@ fn genomics_only(shared: &Path, rounds: usize) {
         }
         let dir = tempfile::tempdir().expect("bench temp dir");
         let overrides = |runs: &Path| -> Vec<String> {
-            vec![
+            let mut o = vec![
                 format!("dataset.name=tcga_{study}_genomics"),
                 "dataset.modalities=[genomics]".into(),
                 format!("paths.cohort={}", shared.join(table).display()),
-                format!(
-                    "paths.signatures={}",
-                    shared.join("signatures.csv").display()
-                ),
-                format!(
-                    "paths.splits={}",
-                    shared
-                        .join(format!("splits/5foldcv/tcga_{study}"))
-                        .display()
-                ),
-                format!("paths.cache={}", dir.path().join("cache").display()),
-                format!("paths.runs={}", runs.display()),
-                "train.epochs=1".into(),
-                "train.folds=[0]".into(),
-                "train.device=cpu".into(),
-            ]
+            ];
+            o.extend(fold_0_epoch(shared, study, dir.path(), runs));
+            o
         };
         let config = |runs: &Path| Config::load(None, &overrides(runs)).expect("bench config");
         genomics::run(&config(&dir.path().join("runs")), &Default::default())
@@ -165,7 +174,7 @@ fn official_peer(root: &Path, shared: &Path, rounds: usize) {
         .expect("run the synthetic-features script");
     assert!(made.success(), "synthetic features: {made}");
     let overrides = |runs: &Path| -> Vec<String> {
-        vec![
+        let mut o = vec![
             "dataset.name=tcga_blca_official_setting".into(),
             "dataset.modalities=[wsi, genomics]".into(),
             "model.preset=release".into(),
@@ -173,21 +182,10 @@ fn official_peer(root: &Path, shared: &Path, rounds: usize) {
             // [94, 334, 521, 468, 1495, 479]); so does this run.
             "genomics.release_quirk=true".into(),
             format!("paths.cohort={}", cohort.display()),
-            format!(
-                "paths.signatures={}",
-                shared.join("signatures.csv").display()
-            ),
-            format!(
-                "paths.splits={}",
-                shared.join("splits/5foldcv/tcga_blca").display()
-            ),
             format!("paths.features={}", features.display()),
-            format!("paths.cache={}", dir.path().join("cache").display()),
-            format!("paths.runs={}", runs.display()),
-            "train.epochs=1".into(),
-            "train.folds=[0]".into(),
-            "train.device=cpu".into(),
-        ]
+        ];
+        o.extend(fold_0_epoch(shared, "blca", dir.path(), runs));
+        o
     };
     let config = |runs: &Path| Config::load(None, &overrides(runs)).expect("bench config");
     genomics::run(&config(&dir.path().join("runs")), &Default::default()).expect("genomics stage");
