@@ -484,6 +484,8 @@ pub struct ModelConfig {
     pub lambda_decouple: f64,
     pub lambda_balance: f64,
     pub dm: Distance,
+    /// CLAM's weight of the survival (bag) loss; its instance loss gets 1 − this.
+    pub bag_weight: f64,
     /// Keep at most this many patches per patient bag (sampled without replacement, seeded).
     pub max_patches: Option<usize>,
 }
@@ -508,6 +510,7 @@ impl Default for ModelConfig {
             lambda_decouple: 1.0,
             lambda_balance: 0.01,
             dm: Distance::Cos,
+            bag_weight: 0.7,
             max_patches: None,
         }
     }
@@ -530,6 +533,9 @@ impl ModelConfig {
                 "top_k",
                 format!("must be in 1..=experts ({})", self.experts),
             );
+        }
+        if !(0.0..=1.0).contains(&self.bag_weight) {
+            return invalid("bag_weight", "must be in 0..=1");
         }
         Ok(())
     }

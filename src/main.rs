@@ -54,7 +54,9 @@ enum Command {
     /// Crop each case's MRI sequences around the tumour mask and encode them with a 3-D ResNet
     /// (cache/mri/<case>.h5, one feature row per sequence).
     Mri(EncodeCmd),
-    /// Train HDMoE (or a unimodal baseline) fold by fold on the cached features; writes
+    /// Train the model.architecture (HDMoE, or one of the paper's baselines: maxmil, meanmil,
+    /// abmil, clam_sb, clam_mb, transmil, snn, snn_trans, mcat) fold by fold on the cached
+    /// features; writes
     /// runs/<name>/{fold_<k>/…, predictions.csv, summary.csv}. Resumes an interrupted fit.
     Fit(StageCmd),
     /// Risk, hazards and survival of the cohort's patients from a trained model: fit's

@@ -39,17 +39,22 @@ pub(crate) struct TransMil {
 
 impl TransMil {
     pub(crate) fn new(vs: nn::Path, spec: &ModelSpec) -> Self {
+        Self::with_sizes(vs, spec.dim, spec.heads, spec.landmarks)
+    }
+
+    /// TransMIL of width `dim` (the standalone baseline's is 512, 8 heads, 256 landmarks).
+    pub(crate) fn with_sizes(vs: nn::Path, dim: i64, heads: i64, landmarks: i64) -> Self {
         Self {
-            cls: cls_token(&vs, spec.dim),
-            layer1: TransLayer::new(&vs / "layer1", spec.dim, spec.heads, spec.landmarks),
-            ppeg: Ppeg::new(&vs / "pos_layer", spec.dim),
-            layer2: TransLayer::new(&vs / "layer2", spec.dim, spec.heads, spec.landmarks),
-            norm: nn::layer_norm(&vs / "norm", vec![spec.dim], Default::default()),
+            cls: cls_token(&vs, dim),
+            layer1: TransLayer::new(&vs / "layer1", dim, heads, landmarks),
+            ppeg: Ppeg::new(&vs / "pos_layer", dim),
+            layer2: TransLayer::new(&vs / "layer2", dim, heads, landmarks),
+            norm: nn::layer_norm(&vs / "norm", vec![dim], Default::default()),
         }
     }
 
     /// tokens: [N, dim].
-    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
         let n = tokens.size()[0];
         let side = (n as f64).sqrt().ceil() as i64;
         let extra = side * side - n;

@@ -41,6 +41,21 @@ pub fn max_linear(vs: nn::Path, input: i64, output: i64) -> nn::Linear {
     )
 }
 
+/// nn.Linear with PyTorch's defaults (the baselines that run no initialiser): weight and bias
+/// U(±1/√fan_in).
+pub fn torch_linear(vs: nn::Path, input: i64, output: i64) -> nn::Linear {
+    nn::linear(
+        vs,
+        input,
+        output,
+        nn::LinearConfig {
+            ws_init: torch_default_uniform(input),
+            bs_init: Some(torch_default_uniform(input)),
+            bias: true,
+        },
+    )
+}
+
 /// PyTorch's default for Conv2d weights and biases and for the MoE gate
 /// (`kaiming_uniform_(a=√5)`): U(±1/√fan_in).
 pub fn torch_default_uniform(fan_in: i64) -> Init {

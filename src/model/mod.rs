@@ -6,14 +6,21 @@
 //! MCAT's SNN (`snn.rs`); their shared blocks are in `blocks.rs`. [`registry`] maps
 //! `model.architecture` to a builder; to add a model, see its header.
 
+pub mod abmil;
+pub mod attention;
 pub mod blocks;
+pub mod clam;
 pub mod hdmoe;
 pub mod init;
 pub mod loss;
+pub mod mcat;
+pub mod mil;
 pub mod moe;
 pub mod nystrom;
 pub mod registry;
 pub mod snn;
+pub mod snn_trans;
+pub mod transmil;
 pub mod unimodal;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +68,9 @@ pub enum LossTerm {
     /// Σ of the MoEs' load-balance losses, training only (`model.lambda_balance`,
     /// column `loss_balance`).
     Balance,
+    /// CLAM's instance loss, training only (weight 1 − `model.bag_weight`, column
+    /// `loss_instance`).
+    Instance,
 }
 
 impl LossTerm {
@@ -69,6 +79,7 @@ impl LossTerm {
         match self {
             LossTerm::Decoupling => config.lambda_decouple,
             LossTerm::Balance => config.lambda_balance,
+            LossTerm::Instance => 1.0 - config.bag_weight,
         }
     }
 }
@@ -100,6 +111,11 @@ pub trait SurvivalModel {
     fn loss_terms(&self) -> &'static [LossTerm] {
         &[]
     }
+
+    /// The survival NLL's weight in the total loss (CLAM weighs it by `model.bag_weight`).
+    fn survival_weight(&self) -> f64 {
+        1.0
+    }
 }
 
 /// The model's hyperparameters, resolved (see `config::ModelConfig` for the YAML keys).
@@ -119,6 +135,8 @@ pub struct ModelSpec {
     pub rfr: bool,
     pub rfr_eval: RfrEval,
     pub distance: Distance,
+    /// CLAM's weight of the bag (survival) loss against its instance loss.
+    pub bag_weight: f64,
     pub wsi_dim: i64,
     pub mri_dim: i64,
     /// Column counts of the genomic groups.
@@ -147,6 +165,7 @@ impl ModelSpec {
             rfr: true,
             rfr_eval: RfrEval::Random,
             distance: Distance::Cos,
+            bag_weight: 0.7,
             wsi_dim: 1024,
             mri_dim: 512,
             genomic_groups,
@@ -223,16 +242,21 @@ impl Output {
 pub struct Pass {
     pub train: bool,
     pub dropout: bool,
+    /// The patient's time bin, for training losses that need the label (CLAM's instance
+    /// loss); `None` leaves such terms at zero.
+    pub label: Option<i64>,
 }
 
 impl Pass {
     pub const TRAIN: Pass = Pass {
         train: true,
         dropout: true,
+        label: None,
     };
     pub const EVAL: Pass = Pass {
         train: false,
         dropout: false,
+        label: None,
     };
 }
 

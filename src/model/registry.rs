@@ -11,7 +11,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tch::nn;
 
-use super::{hdmoe, snn, GenomicsInput, ModelSpec, SurvivalModel};
+use super::{abmil, clam, hdmoe, mcat, mil, snn, snn_trans, transmil};
+use super::{GenomicsInput, ModelSpec, SurvivalModel};
 use crate::config::Modality;
 
 /// One model: its name in the configuration, what it needs, how to build it.
@@ -29,7 +30,18 @@ pub struct ModelEntry {
 }
 
 /// Every model this build has.
-pub static MODELS: &[&ModelEntry] = &[&hdmoe::ENTRY, &snn::ENTRY];
+pub static MODELS: &[&ModelEntry] = &[
+    &mil::MAX_ENTRY,
+    &mil::MEAN_ENTRY,
+    &abmil::ENTRY,
+    &clam::SB_ENTRY,
+    &clam::MB_ENTRY,
+    &transmil::ENTRY,
+    &snn::ENTRY,
+    &snn_trans::ENTRY,
+    &mcat::ENTRY,
+    &hdmoe::ENTRY,
+];
 
 /// A registered model, as `model.architecture` names it.
 #[derive(Clone, Copy)]
@@ -105,7 +117,8 @@ mod tests {
             assert_eq!(Architecture::find(m.name).unwrap().name(), m.name);
             assert_eq!(MODELS.iter().filter(|n| n.name == m.name).count(), 1);
         }
-        let e = Architecture::find("mcat").unwrap_err();
-        assert!(e.contains("hdmoe, snn"), "{e}");
+        let e = Architecture::find("mcat_v2").unwrap_err();
+        assert!(e.contains("unknown model `mcat_v2`"), "{e}");
+        assert!(e.contains("maxmil, meanmil, abmil"), "{e}");
     }
 }

@@ -26,10 +26,11 @@ use crate::cache::Parameters;
 use crate::cohort::Split;
 use crate::config::Config;
 use crate::encode;
-use crate::model::{self, loss, LossTerm, ModelSpec};
+use crate::model::{self, loss, LossTerm, ModelSpec, Pass};
 use crate::survival::N_BINS;
 
-const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds";
+/// `loss_instance` (CLAM's) comes last so the columns before it keep their places.
+const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds,loss_instance";
 const VAL_HEADER: &str = "epoch,case_id,risk,hazard_0,hazard_1,hazard_2,hazard_3";
 const ROUTING_HEADER: &str = "epoch,split,moe,expert,count";
 const MOE_NAMES: [&str; 3] = ["level1_modality1", "level1_wsi", "level2_fusion"];
@@ -188,8 +189,8 @@ pub(super) fn write_rows(path: &Path, header: &str, rows: &[String]) -> Result<(
 
 /// What one training epoch measured.
 struct EpochTrain {
-    /// Summed total, survival, decoupling and balance losses.
-    sums: [f64; 4],
+    /// Summed total, survival, decoupling, balance and instance losses.
+    sums: [f64; 5],
     preds: Vec<Prediction>,
     routing: Vec<Vec<i64>>,
 }
@@ -281,7 +282,7 @@ impl<'a> FoldRun<'a> {
         };
         let sums = trained.sums;
         rows.history.push(format!(
-            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3}",
+            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3},{}",
             self.adam.lr,
             sums[0] / n,
             sums[1] / n,
@@ -290,7 +291,8 @@ impl<'a> FoldRun<'a> {
             c_index(data, &trained.preds),
             c_index(data, &val_preds),
             nested_c,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            sums[4] / n,
         ));
         for p in &val_preds {
             let h = p.hazards;
@@ -343,7 +345,7 @@ impl<'a> FoldRun<'a> {
         let accumulate = train_cfg.accumulate;
         let adam = &mut self.adam;
         let mut result = EpochTrain {
-            sums: [0.0; 4],
+            sums: [0.0; 5],
             preds: Vec::new(),
             routing: Vec::new(),
         };
@@ -355,11 +357,15 @@ impl<'a> FoldRun<'a> {
         trainer.for_each_prefetched(&order, mix(&[seed, 2]), |k, patient, inputs| {
             let p = &data.cohort.patients[patient];
             let segments = trainer.draw_segments(&mut segment_rng, true);
-            let out = trainer.model.forward(&inputs, segments, true);
+            let pass = Pass {
+                label: Some(p.time_bin as i64),
+                ..Pass::TRAIN
+            };
+            let out = trainer.model.forward_pass(&inputs, segments, pass);
             let surv =
                 loss::nll_survival(&out.hazards, &out.survival, p.time_bin as i64, p.censored);
-            // Not `+=`: that would add in place into `surv`'s storage.
-            let total = terms.iter().fold(surv.shallow_clone(), |total, &term| {
+            let weighted = &surv * trainer.model.survival_weight();
+            let total = terms.iter().fold(weighted, |total, &term| {
                 total + out.loss(term) * term.weight(&config.model)
             });
             let scaled = &total / accumulate as f64;
@@ -382,6 +388,7 @@ impl<'a> FoldRun<'a> {
                 surv,
                 out.loss(LossTerm::Decoupling),
                 out.loss(LossTerm::Balance),
+                out.loss(LossTerm::Instance),
             ];
             for (s, t) in result.sums.iter_mut().zip(&values) {
                 *s += t.double_value(&[]);

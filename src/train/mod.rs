@@ -150,6 +150,7 @@ fn model_spec(config: &Config, data: &Dataset) -> Result<ModelSpec, FitError> {
         rfr: m.rfr,
         rfr_eval: m.rfr_eval,
         distance: m.dm,
+        bag_weight: m.bag_weight,
         wsi_dim: data.wsi_dim,
         mri_dim: data.mri_dim,
         genomic_groups: data.group_sizes(),

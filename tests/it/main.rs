@@ -25,3 +25,4 @@ mod report;
 mod state_dicts;
 mod survival_reference;
 mod tile;
+mod zoo;

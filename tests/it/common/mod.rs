@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths and the reference survival datasets.
 #![allow(dead_code)]
 
+pub mod official;
+
 use std::path::{Path, PathBuf};
 
 /// Stage options as the command line's flags set them.
