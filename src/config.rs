@@ -486,6 +486,8 @@ pub struct ModelConfig {
     pub dm: Distance,
     /// CLAM's weight of the survival (bag) loss; its instance loss gets 1 − this.
     pub bag_weight: f64,
+    /// CMTA's `alpha`: the weight of its alignment loss.
+    pub alignment_weight: f64,
     /// Keep at most this many patches per patient bag (sampled without replacement, seeded).
     pub max_patches: Option<usize>,
 }
@@ -511,6 +513,7 @@ impl Default for ModelConfig {
             lambda_balance: 0.01,
             dm: Distance::Cos,
             bag_weight: 0.7,
+            alignment_weight: 1.0,
             max_patches: None,
         }
     }
@@ -536,6 +539,9 @@ impl ModelConfig {
         }
         if !(0.0..=1.0).contains(&self.bag_weight) {
             return invalid("bag_weight", "must be in 0..=1");
+        }
+        if !(self.alignment_weight >= 0.0 && self.alignment_weight.is_finite()) {
+            return invalid("alignment_weight", "must be a finite number >= 0");
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! ```text
 //! stages      slide (tile) · features · genomics · mri · train (fit, predict) · report
 //!             pipeline (`run`: every stage as a child process) · labels (`cohort`) · doctor
+//!             compare (Table 2: every model on the same folds, tested against HDMoE)
 //! contract    stage: StageOptions, decide (keep/make/refuse), Ledger (manifest rows, saves,
 //!             progress), StageSummary (prints itself, exit 0/3/1), Outcome for every command
 //! cache       cache: HDF5 written atomically, stamped with Parameters; atomic, shard, progress
@@ -22,6 +23,7 @@
 pub mod atomic;
 pub mod cache;
 pub mod cohort;
+pub mod compare;
 pub mod config;
 pub mod doctor;
 pub mod encode;

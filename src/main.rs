@@ -9,9 +9,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hdmoe_pipe::config::Config;
+use hdmoe_pipe::model::Architecture;
 use hdmoe_pipe::shard::Shard;
 use hdmoe_pipe::stage::{self, ExitStatus, StageOptions};
-use hdmoe_pipe::{doctor, features, genomics, labels, mri, pipeline, report, slide, train};
+use hdmoe_pipe::{
+    compare, doctor, features, genomics, labels, mri, pipeline, report, slide, train,
+};
 
 /// hdmoe-pipe: whole-slide images, genomics and MRI to a trained HDMoE survival model and its
 /// clinical tables (C-index, Kaplan–Meier, log-rank, t-tests).
@@ -59,6 +62,14 @@ enum Command {
     /// features; writes
     /// runs/<name>/{fold_<k>/…, predictions.csv, summary.csv}. Resumes an interrupted fit.
     Fit(StageCmd),
+    /// The paper's Table 2 on your cohorts: every --config is a study; each system of --models
+    /// (default: every model that takes some of the study's modalities) is trained by fit on the
+    /// same folds, sampler, epochs and seeds, with the modalities it takes, in
+    /// runs/<name>/compare/<model> (resumable). Then OUT/compare.{csv,md,html}: mean ± std
+    /// C-index over folds at train.selection, the best epoch beside it, and against HDMoE a
+    /// paired t-test over folds and a bootstrap over patients. With --shard I/N only every N-th
+    /// (study, model, fold) is trained, and no table is written.
+    Compare(CompareCmd),
     /// Risk, hazards and survival of the cohort's patients from a trained model: fit's
     /// fold_<k>/model.safetensors or a state dict saved by the official code (.pth/.pth.tar in
     /// any form torch writes; names in docs/PARAMETERS.md). With --fold K, fold K's validation
@@ -146,6 +157,32 @@ impl StageCmd {
     fn options(&self) -> StageOptions {
         StageOptions::default().force(self.force)
     }
+}
+
+#[derive(Args)]
+struct CompareCmd {
+    /// A study's YAML file (pipelines/<name>.yaml); repeat for several studies (the columns).
+    #[arg(long = "config", value_name = "FILE", required = true)]
+    configs: Vec<PathBuf>,
+    /// Override one configuration value in every study; repeatable. The value is read as YAML.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// The systems, by model.architecture name, comma-separated [default: every registered
+    /// model that takes some of a study's modalities].
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Retrain folds that already exist, even when made with other parameters.
+    #[arg(long)]
+    force: bool,
+    /// Train only (study, model, fold) job I of every N, e.g. 0/3; writes no table.
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    shard: Shard,
+    /// Where compare.csv, compare.md and compare.html go.
+    #[arg(long, value_name = "DIR", default_value = "runs/compare")]
+    out: PathBuf,
+    /// Patient resamples of the bootstrap against HDMoE.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    bootstrap: usize,
 }
 
 #[derive(Args)]
@@ -276,6 +313,26 @@ fn run(cli: Cli) -> Result<ExitStatus> {
         Command::Fit(args) => {
             let config = args.config.load()?;
             stage::finish(&train::run(&config, args.force)?)
+        }
+        Command::Compare(args) => {
+            let studies = args
+                .configs
+                .iter()
+                .map(|c| Config::load(Some(c), &args.set))
+                .collect::<Result<Vec<_>, _>>()?;
+            let models = args
+                .models
+                .iter()
+                .map(|m| Architecture::find(m).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            let options = compare::CompareOptions {
+                models,
+                force: args.force,
+                shard: args.shard,
+                out: args.out,
+                bootstrap: args.bootstrap,
+            };
+            stage::finish(&compare::run(&studies, &options)?)
         }
         Command::Predict(args) => {
             let config = args.config.load()?;

@@ -10,16 +10,21 @@ pub mod abmil;
 pub mod attention;
 pub mod blocks;
 pub mod clam;
+pub mod cmta;
 pub mod hdmoe;
 pub mod init;
 pub mod loss;
 pub mod mcat;
 pub mod mil;
 pub mod moe;
+pub mod mome;
+pub mod motcat;
 pub mod nystrom;
+pub mod ot;
 pub mod registry;
 pub mod snn;
 pub mod snn_trans;
+pub mod survpath;
 pub mod transmil;
 pub mod unimodal;
 
@@ -71,6 +76,9 @@ pub enum LossTerm {
     /// CLAM's instance loss, training only (weight 1 − `model.bag_weight`, column
     /// `loss_instance`).
     Instance,
+    /// CMTA's alignment of the decoders' cls tokens to the encoders' (L1), weight
+    /// `model.alignment_weight` (CMTA's `alpha`), column `loss_alignment`.
+    Alignment,
 }
 
 impl LossTerm {
@@ -80,6 +88,7 @@ impl LossTerm {
             LossTerm::Decoupling => config.lambda_decouple,
             LossTerm::Balance => config.lambda_balance,
             LossTerm::Instance => 1.0 - config.bag_weight,
+            LossTerm::Alignment => config.alignment_weight,
         }
     }
 }

@@ -11,7 +11,9 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tch::nn;
 
-use super::{abmil, clam, hdmoe, mcat, mil, snn, snn_trans, transmil};
+use super::{
+    abmil, clam, cmta, hdmoe, mcat, mil, mome, motcat, snn, snn_trans, survpath, transmil,
+};
 use super::{GenomicsInput, ModelSpec, SurvivalModel};
 use crate::config::Modality;
 
@@ -40,6 +42,10 @@ pub static MODELS: &[&ModelEntry] = &[
     &snn::ENTRY,
     &snn_trans::ENTRY,
     &mcat::ENTRY,
+    &motcat::ENTRY,
+    &cmta::ENTRY,
+    &survpath::ENTRY,
+    &mome::ENTRY,
     &hdmoe::ENTRY,
 ];
 

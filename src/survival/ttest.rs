@@ -1,4 +1,5 @@
-//! Two-sample t-tests as `scipy.stats.ttest_ind` computes them (two-sided).
+//! Two-sample t-tests as `scipy.stats.ttest_ind` computes them, and the paired test of
+//! `scipy.stats.ttest_rel` (both two-sided).
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
@@ -76,6 +77,23 @@ pub fn welch_student_ttests(a: &[f64], b: &[f64]) -> Result<TTestPair, StatsErro
     })
 }
 
+/// The paired test of mean(a − b) = 0 (`scipy.stats.ttest_rel`): a one-sample t-test on the
+/// differences, n − 1 degrees of freedom; at least two pairs.
+pub fn paired_ttest(a: &[f64], b: &[f64]) -> Result<TTest, StatsError> {
+    check_finite("first sample", a, a.len())?;
+    check_finite("second sample", b, a.len())?;
+    if a.len() < 2 {
+        return Err(StatsError::Undefined(format!(
+            "a paired t-test needs at least two pairs (got {})",
+            a.len()
+        )));
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = d.len() as f64;
+    let (mean, var) = mean_var(&d);
+    two_sided(mean / (var / n).sqrt(), n - 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +111,21 @@ mod tests {
         // scipy.stats.ttest_ind([1, 2, 3], [4, 6, 8], equal_var=True / False).pvalue
         assert!((r.student.p_value - 0.036_277_824_521_899_12).abs() < 1e-12);
         assert!((r.welch.p_value - 0.054_786_766_041_076_435).abs() < 1e-12);
+    }
+
+    #[test]
+    fn paired_test_equals_scipys_ttest_rel() {
+        let a = [0.61, 0.58, 0.66, 0.60, 0.63];
+        let b = [0.57, 0.59, 0.60, 0.55, 0.61];
+        let r = paired_ttest(&a, &b).unwrap();
+        // scipy.stats.ttest_rel(a, b) (scipy 1.17.1): statistic, pvalue, df.
+        assert!((r.t - 2.578_633_484_881_217).abs() < 1e-12, "{}", r.t);
+        assert!((r.p_value - 0.061_415_973_525_170_475).abs() < 1e-12);
+        assert_eq!(r.df, 4.0);
+        assert!(paired_ttest(&[0.5], &[0.4]).is_err());
+        assert!(paired_ttest(&[0.5, 0.6], &[0.4]).is_err());
+        // Identical differences: no variance, undefined.
+        assert!(paired_ttest(&[1.0, 2.0], &[0.0, 1.0]).is_err());
     }
 
     #[test]

@@ -29,8 +29,9 @@ use crate::encode;
 use crate::model::{self, loss, LossTerm, ModelSpec, Pass};
 use crate::survival::N_BINS;
 
-/// `loss_instance` (CLAM's) comes last so the columns before it keep their places.
-const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds,loss_instance";
+/// The baselines' terms (`loss_instance`: CLAM; `loss_alignment`: CMTA) come last, so the
+/// columns before them keep their places.
+const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds,loss_instance,loss_alignment";
 const VAL_HEADER: &str = "epoch,case_id,risk,hazard_0,hazard_1,hazard_2,hazard_3";
 const ROUTING_HEADER: &str = "epoch,split,moe,expert,count";
 const MOE_NAMES: [&str; 3] = ["level1_modality1", "level1_wsi", "level2_fusion"];
@@ -189,8 +190,8 @@ pub(super) fn write_rows(path: &Path, header: &str, rows: &[String]) -> Result<(
 
 /// What one training epoch measured.
 struct EpochTrain {
-    /// Summed total, survival, decoupling, balance and instance losses.
-    sums: [f64; 5],
+    /// Summed total, survival, decoupling, balance, instance and alignment losses.
+    sums: [f64; 6],
     preds: Vec<Prediction>,
     routing: Vec<Vec<i64>>,
 }
@@ -282,7 +283,7 @@ impl<'a> FoldRun<'a> {
         };
         let sums = trained.sums;
         rows.history.push(format!(
-            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3},{}",
+            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3},{},{}",
             self.adam.lr,
             sums[0] / n,
             sums[1] / n,
@@ -293,6 +294,7 @@ impl<'a> FoldRun<'a> {
             nested_c,
             started.elapsed().as_secs_f64(),
             sums[4] / n,
+            sums[5] / n,
         ));
         for p in &val_preds {
             let h = p.hazards;
@@ -345,7 +347,7 @@ impl<'a> FoldRun<'a> {
         let accumulate = train_cfg.accumulate;
         let adam = &mut self.adam;
         let mut result = EpochTrain {
-            sums: [0.0; 5],
+            sums: [0.0; 6],
             preds: Vec::new(),
             routing: Vec::new(),
         };
@@ -389,6 +391,7 @@ impl<'a> FoldRun<'a> {
                 out.loss(LossTerm::Decoupling),
                 out.loss(LossTerm::Balance),
                 out.loss(LossTerm::Instance),
+                out.loss(LossTerm::Alignment),
             ];
             for (s, t) in result.sums.iter_mut().zip(&values) {
                 *s += t.double_value(&[]);

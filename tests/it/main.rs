@@ -11,6 +11,7 @@ mod bad_inputs;
 mod chaos;
 mod cli;
 mod cohort;
+mod compare;
 mod encoders;
 mod features;
 mod fit;

@@ -102,6 +102,7 @@ fn total_loss(model: &dyn SurvivalModel, out: &Output, case: &Value) -> Tensor {
         .fold(nll * survival, |total, term| {
             let name = match term {
                 LossTerm::Instance => "instance",
+                LossTerm::Alignment => "alignment",
                 other => panic!("no fixture name for {other:?}"),
             };
             let weight = weights[name].as_f64().unwrap();
@@ -238,6 +239,26 @@ fn clam_mb_equals_motcats() {
 }
 
 #[test]
+fn motcat_equals_motcats() {
+    check_system("motcat");
+}
+
+#[test]
+fn cmta_equals_cmtas() {
+    check_system("cmta");
+}
+
+#[test]
+fn survpath_equals_survpaths() {
+    check_system("survpath");
+}
+
+#[test]
+fn mome_equals_momes() {
+    check_system("mome");
+}
+
+#[test]
 fn transmil_equals_mambamils() {
     check_system("transmil");
 }
@@ -277,6 +298,9 @@ fn every_baseline_fits_and_learns_the_planted_signal() {
         ("transmil", "[wsi]"),
         ("snn_trans", "[genomics]"),
         ("mcat", "[wsi, genomics]"),
+        ("motcat", "[wsi, genomics]"),
+        ("cmta", "[wsi, genomics]"),
+        ("survpath", "[wsi, genomics]"),
     ] {
         let runs = dir.path().join("runs").join(architecture);
         let config = data.config(&[
@@ -297,13 +321,18 @@ fn every_baseline_fits_and_learns_the_planted_signal() {
             .split(',')
             .map(|v| v.parse().unwrap())
             .collect();
-        // CLAM's total is 0.7 NLL + 0.3 instance loss; the others have no instance term.
-        let (total, survival, instance) = (last[2], last[3], last[10]);
+        // CLAM's total is 0.7 NLL + 0.3 instance loss, CMTA's adds its alignment; the others
+        // have no term of their own.
+        let (total, survival, instance, alignment) = (last[2], last[3], last[10], last[11]);
         if architecture.starts_with("clam") {
             assert!(instance > 0.0, "{architecture}: instance loss {instance}");
             assert!((total - (0.7 * survival + 0.3 * instance)).abs() < 1e-6 * total.abs());
+        } else if architecture == "cmta" {
+            // CMTA: NLL + alignment_weight (1.0) · alignment.
+            assert!(alignment > 0.0, "cmta: alignment loss {alignment}");
+            assert!((total - (survival + alignment)).abs() < 1e-6 * total.abs());
         } else {
-            assert_eq!(instance, 0.0, "{architecture}");
+            assert_eq!((instance, alignment), (0.0, 0.0), "{architecture}");
             assert!(
                 (total - survival).abs() < 1e-9 * total.abs(),
                 "{architecture}"
@@ -319,4 +348,44 @@ fn every_baseline_fits_and_learns_the_planted_signal() {
             learnt.join(", ")
         );
     }
+}
+
+/// MOTCat's transport plan is POT 0.9.3's `sinkhorn_knopp_unbalanced` (as MOTCat calls it):
+/// the same iterations and plan on the fixture's standalone cost matrices.
+#[test]
+fn motcat_ot_solver_equals_pots() {
+    use hdmoe_pipe::model::ot;
+    let reference = reference("motcat");
+    let cases = reference["ot_solver"].as_array().expect("solver cases");
+    assert!(!cases.is_empty());
+    let mut worst = 0.0;
+    for case in cases {
+        let cost = &case["cost"];
+        let h =
+            (hashed_uniform(cost["name"].as_str().unwrap(), &shape(&cost["shape"])) + 1.0) / 2.0;
+        let m = &h / h.max();
+        let (n, k) = (m.size()[0], m.size()[1]);
+        let device = tch::Device::Cpu;
+        let plan = ot::sinkhorn_knopp_unbalanced(
+            &ot::uniform(n, device),
+            &ot::uniform(k, device),
+            &m,
+            case["reg"].as_f64().unwrap(),
+            case["reg_m"].as_f64().unwrap(),
+        );
+        assert_eq!(
+            plan.iterations as i64,
+            case["iterations"].as_i64().unwrap(),
+            "iterations, reg {}",
+            case["reg"]
+        );
+        check_values(
+            &plan.plan.flatten(0, -1),
+            &case["plan"],
+            1e-12,
+            format!("plan, reg {}", case["reg"]),
+            &mut worst,
+        );
+    }
+    println!("OT plans: worst relative difference {worst:.1e}");
 }
