@@ -12,7 +12,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE_BIN := $(TARGET_DIR)/release/hdmoe-pipe
 BIN := $(TARGET_DIR)/debug/hdmoe-pipe
 
-.PHONY: all setup build release test test-slurm chaos bench tcga-table bench-tcga clean
+.PHONY: all setup build release test test-slurm chaos bench tcga-table bench-tcga bench-compare clean
 
 # Idempotent: reruns only when the set-up script changes or the environment is gone.
 setup: $(STAMP)
@@ -84,6 +84,13 @@ tcga-table:
 # paper's schedule; JOBS folds train at once, each in its own process (see scripts/bench_tcga.sh).
 EPOCHS ?= 30
 JOBS ?= 2
+# Table 2's genomics-only rows (SNN, SNNTrans, genomics-only HDMoE) on the real BLCA and BRCA
+# tables, 30 epochs, by `hdmoe-pipe compare` (needs ../shared/data/tcga; resumable, hours).
+bench-compare: release
+	@if [ -d ../shared/data/tcga ]; then \
+	  JOBS=$(JOBS) scripts/bench_compare.sh $(RELEASE_BIN) ../shared/data/tcga $(EPOCHS); \
+	else echo "no ../shared/data/tcga: no comparison"; fi
+
 bench-tcga: build
 	@echo "| study | model | epochs | last-epoch C-index | best-epoch C-index (optimistic) | paper | s/epoch |"
 	@echo "|---|---|---:|---|---|---:|---:|"

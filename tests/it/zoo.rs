@@ -389,3 +389,48 @@ fn motcat_ot_solver_equals_pots() {
     }
     println!("OT plans: worst relative difference {worst:.1e}");
 }
+
+/// MoME (21.7 M parameters, too slow for the planted-signal test's epochs) trains through `fit`
+/// and its checkpoint holds every official parameter name.
+#[test]
+fn mome_fits_and_its_checkpoint_has_the_official_names() {
+    let _one = crate::fit::ONE_FIT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = crate::fit::synthetic(&dir.path().join("cohort"), 40, false, true);
+    let config = data.config(&["model.architecture=mome", "train.epochs=2", "train.lr=1e-4"]);
+    let report = hdmoe_pipe::train::run(&config, false).unwrap();
+    assert_eq!(report.folds.len(), 2);
+    for fold in &report.folds {
+        assert!(
+            fold.c_last.is_finite(),
+            "fold {}: C-index {}",
+            fold.fold,
+            fold.c_last
+        );
+    }
+    let history = std::fs::read_to_string(config.run_dir().join("fold_0/history.csv")).unwrap();
+    for row in history.lines().skip(1) {
+        let total: f64 = row.split(',').nth(2).unwrap().parse().unwrap();
+        assert!(total.is_finite() && total > 0.0, "{row}");
+    }
+    let saved: std::collections::BTreeSet<String> =
+        Tensor::read_safetensors(config.run_dir().join("fold_0/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+    let official = reference("mome");
+    // The fixture's groups are TCGA's; the names do not depend on the sizes.
+    for name in official["parameters"].as_object().unwrap().keys() {
+        let group = name
+            .strip_prefix("sig_networks.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|g| g.parse::<usize>().ok());
+        if group.is_some_and(|g| g >= 2) {
+            continue; // the synthetic cohort has two groups
+        }
+        assert!(saved.contains(name), "checkpoint lacks `{name}`");
+    }
+}
