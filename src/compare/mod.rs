@@ -27,10 +27,10 @@ pub enum CompareError {
         #[source]
         source: FitError,
     },
-    #[error("study `{study}`: {why}")]
-    Study { study: String, why: String },
     #[error("{path}: {message}")]
     Output { path: PathBuf, message: String },
+    #[error("no system to compare: {0}")]
+    Nothing(String),
 }
 
 /// What `compare` does besides the studies' own configurations.
@@ -123,6 +123,7 @@ pub fn run(studies: &[Config], options: &CompareOptions) -> Result<CompareReport
     };
     let mut finished: Vec<(Job, FitReport)> = Vec::new();
     let mut index = 0usize;
+    let mut planned = 0usize;
     for study in studies {
         let (jobs, skipped) = plan(study, &options.models);
         report.skipped.extend(
@@ -130,6 +131,7 @@ pub fn run(studies: &[Config], options: &CompareOptions) -> Result<CompareReport
                 .into_iter()
                 .map(|(m, why)| (study.dataset.name.clone(), m, why)),
         );
+        planned += jobs.len();
         for job in jobs {
             let fit = |config: &Config| {
                 train::run(config, options.force).map_err(|source| CompareError::Fit {
@@ -163,6 +165,14 @@ pub fn run(studies: &[Config], options: &CompareOptions) -> Result<CompareReport
                     .push((job.study.clone(), job.model.name(), folds));
             }
         }
+    }
+    if planned == 0 {
+        let why: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|(study, model, why)| format!("{study} / {model}: {why}"))
+            .collect();
+        return Err(CompareError::Nothing(why.join("; ")));
     }
     if options.shard == Shard::ALL {
         let comparison = Comparison::new(&finished, options.bootstrap)?;

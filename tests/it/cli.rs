@@ -231,7 +231,9 @@ fn genomics_command_writes_the_groups_and_reports_failures() {
 
 #[test]
 fn every_command_has_help() {
-    for command in ["config", "cohort", "genomics", "mri", "report", "doctor"] {
+    for command in [
+        "config", "cohort", "genomics", "mri", "report", "doctor", "compare",
+    ] {
         let out = hdmoe(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hdmoe-pipe"));
@@ -265,4 +267,34 @@ fn every_shipped_pipeline_loads_and_plans_its_stages() {
             "{file}: {text}"
         );
     }
+}
+
+#[test]
+fn compare_refuses_an_unknown_model_and_a_study_it_cannot_run() {
+    let out = hdmoe(&[
+        "compare",
+        "--config",
+        "pipelines/demo.yaml",
+        "--models",
+        "snn,mcat_v2",
+    ]);
+    assert_fails_with(&out, &["unknown model `mcat_v2`", "maxmil"]);
+    // A WSI-only system on a genomics-only study: nothing to train, and the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let out = hdmoe(&[
+        "compare",
+        "--config",
+        "pipelines/blca_genomics.yaml",
+        "--models",
+        "maxmil",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_fails_with(
+        &out,
+        &[
+            "no system to compare",
+            "blca_genomics / maxmil: a pathology-only baseline",
+        ],
+    );
 }
