@@ -30,7 +30,15 @@ where
     result
 }
 
-/// `.partial.tmp-<pid>-<name>` siblings of `path`, whatever the pid.
+/// Whether process `pid` runs on this machine. Without /proc (not Linux) every other writer
+/// counts as gone.
+fn alive(pid: &str) -> bool {
+    let proc = Path::new("/proc");
+    proc.is_dir() && proc.join(pid).exists()
+}
+
+/// `.partial.tmp-<pid>-<name>` siblings of `path` whose process is gone: a live process's
+/// temporary file is its write in progress (another shard writing the same file).
 fn remove_stale_temps(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
@@ -49,7 +57,9 @@ fn remove_stale_temps(path: &Path) {
         let stale = file
             .strip_prefix(".partial.tmp-")
             .and_then(|rest| rest.strip_suffix(&suffix))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            .is_some_and(|pid| {
+                !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !alive(pid)
+            });
         if stale {
             let _ = fs::remove_file(entry.path());
         }
@@ -97,6 +107,17 @@ mod tests {
         assert!(
             other.exists(),
             "another file's attempt is not ours to remove"
+        );
+        // A live process's write in progress (here: our parent's pid) is left alone.
+        let live = dir.path().join(format!(
+            ".partial.tmp-{}-a.h5",
+            std::os::unix::process::parent_id()
+        ));
+        fs::write(&live, b"writing").unwrap();
+        write_bytes(&path, b"whole again").unwrap();
+        assert!(
+            live.exists(),
+            "a running writer's temporary file was removed"
         );
     }
 }
