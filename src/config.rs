@@ -488,6 +488,18 @@ pub struct ModelConfig {
     pub bag_weight: f64,
     /// CMTA's `alpha`: the weight of its alignment loss.
     pub alignment_weight: f64,
+    /// CCL's weight of its cohort loss.
+    pub cohort_weight: f64,
+    /// PIBD's loss weights (its `--gamma`, `--alpha`, `--beta`, `--sigma`).
+    pub pibd_gamma: f64,
+    pub pibd_alpha: f64,
+    pub pibd_beta: f64,
+    pub pibd_sigma: f64,
+    /// LD-CVAE's loss weights (reconstruction, its `beta`, `alpha` and KL weight).
+    pub ldcvae_reconstruction: f64,
+    pub ldcvae_beta: f64,
+    pub ldcvae_alpha: f64,
+    pub ldcvae_kl: f64,
     /// Keep at most this many patches per patient bag (sampled without replacement, seeded).
     pub max_patches: Option<usize>,
 }
@@ -514,6 +526,15 @@ impl Default for ModelConfig {
             dm: Distance::Cos,
             bag_weight: 0.7,
             alignment_weight: 1.0,
+            cohort_weight: 1.0,
+            pibd_gamma: 1.0,
+            pibd_alpha: 0.1,
+            pibd_beta: 0.01,
+            pibd_sigma: 0.1,
+            ldcvae_reconstruction: 1.0,
+            ldcvae_beta: 1.0,
+            ldcvae_alpha: 0.1,
+            ldcvae_kl: 0.1,
             max_patches: None,
         }
     }
@@ -540,8 +561,21 @@ impl ModelConfig {
         if !(0.0..=1.0).contains(&self.bag_weight) {
             return invalid("bag_weight", "must be in 0..=1");
         }
-        if !(self.alignment_weight >= 0.0 && self.alignment_weight.is_finite()) {
-            return invalid("alignment_weight", "must be a finite number >= 0");
+        for (key, weight) in [
+            ("alignment_weight", self.alignment_weight),
+            ("cohort_weight", self.cohort_weight),
+            ("pibd_gamma", self.pibd_gamma),
+            ("pibd_alpha", self.pibd_alpha),
+            ("pibd_beta", self.pibd_beta),
+            ("pibd_sigma", self.pibd_sigma),
+            ("ldcvae_reconstruction", self.ldcvae_reconstruction),
+            ("ldcvae_beta", self.ldcvae_beta),
+            ("ldcvae_alpha", self.ldcvae_alpha),
+            ("ldcvae_kl", self.ldcvae_kl),
+        ] {
+            if !(weight >= 0.0 && weight.is_finite()) {
+                return invalid(key, "must be a finite number >= 0");
+            }
         }
         Ok(())
     }

@@ -58,8 +58,8 @@ enum Command {
     /// (cache/mri/<case>.h5, one feature row per sequence).
     Mri(EncodeCmd),
     /// Train the model.architecture (HDMoE, or one of the paper's baselines: maxmil, meanmil,
-    /// abmil, clam_sb, clam_mb, transmil, snn, snn_trans, mcat) fold by fold on the cached
-    /// features; writes
+    /// abmil, clam_sb, clam_mb, transmil, snn, snn_trans, mcat, motcat, cmta, survpath, mome,
+    /// ccl, pibd, ld_cvae) fold by fold on the cached features; writes
     /// runs/<name>/{fold_<k>/…, predictions.csv, summary.csv}. Resumes an interrupted fit.
     Fit(StageCmd),
     /// The paper's Table 2 on your cohorts: every --config is a study; each system of --models

@@ -124,7 +124,7 @@ fn fixed_normal(name: &str, shape: &[i64]) -> Tensor {
     let n = shape.iter().product::<i64>() as usize;
     let u1 = Tensor::from_slice(&hash_uniform(&format!("{name}.u1"), n));
     let u2 = Tensor::from_slice(&hash_uniform(&format!("{name}.u2"), n));
-    let radius = ((1.0 - &u1).log() * -2.0).sqrt();
+    let radius = (u1.neg().g_add_scalar(1.0).log() * -2.0).sqrt();
     let angle = (&u2 * (2.0 * std::f64::consts::PI)).cos();
     (radius * angle).reshape(shape)
 }
@@ -473,7 +473,15 @@ fn best_assignment(cost: &[f64], k: usize) -> Vec<usize> {
         }
     }
     let mut best = (f64::INFINITY, (0..k).collect());
-    search(0, k, cost, &mut vec![false; k], &mut Vec::new(), 0.0, &mut best);
+    search(
+        0,
+        k,
+        cost,
+        &mut vec![false; k],
+        &mut Vec::new(),
+        0.0,
+        &mut best,
+    );
     best.1
 }
 
@@ -514,7 +522,7 @@ fn cohort_loss(
         .view([4, 2])
         .to_kind(kind)
         .to_device(tokens.device());
-    let intra = (sim.abs() * (1.0 - &mask) - &mask * &sim).mean(kind) + 1.0;
+    let intra = (sim.abs() * mask.neg().g_add_scalar(1.0) - &mask * &sim).mean(kind) + 1.0;
     if censored && bin == 0 {
         return intra;
     }

@@ -9,10 +9,12 @@
 pub mod abmil;
 pub mod attention;
 pub mod blocks;
+pub mod ccl;
 pub mod clam;
 pub mod cmta;
 pub mod hdmoe;
 pub mod init;
+pub mod ld_cvae;
 pub mod loss;
 pub mod mcat;
 pub mod mil;
@@ -21,6 +23,7 @@ pub mod mome;
 pub mod motcat;
 pub mod nystrom;
 pub mod ot;
+pub mod pibd;
 pub mod registry;
 pub mod snn;
 pub mod snn_trans;
@@ -79,6 +82,27 @@ pub enum LossTerm {
     /// CMTA's alignment of the decoders' cls tokens to the encoders' (L1), weight
     /// `model.alignment_weight` (CMTA's `alpha`), column `loss_alignment`.
     Alignment,
+    /// CCL's cohort loss (intra-patient decomposition and inter-patient contrast against its
+    /// banks), training only, weight `model.cohort_weight`, column `loss_cohort`.
+    Cohort,
+    /// PIBD's proxy-attention loss, training only (`model.pibd_gamma`).
+    Proxy,
+    /// PIBD's NLL of the proxies' decoded logits (`model.pibd_alpha`).
+    ProxyNll,
+    /// PIBD's KL of the proxy distributions to N(0, I) (`model.pibd_beta`).
+    ProxyKl,
+    /// PIBD's CLUB mutual-information bound (`model.pibd_sigma`).
+    ClubMi,
+    /// PIBD's CLUB estimator's own learning loss (`model.pibd_sigma`).
+    ClubEstimator,
+    /// LD-CVAE's genomic reconstruction (MSE), training only (`model.ldcvae_reconstruction`).
+    Reconstruction,
+    /// LD-CVAE's NLL of its WSI-only head (`model.ldcvae_beta`).
+    WsiSurvival,
+    /// LD-CVAE's alignment of the genomic and WSI posteriors (`model.ldcvae_alpha`).
+    LatentAlignment,
+    /// LD-CVAE's KL terms (`model.ldcvae_kl`; the release anneals it, here it is constant).
+    Kl,
 }
 
 impl LossTerm {
@@ -89,6 +113,53 @@ impl LossTerm {
             LossTerm::Balance => config.lambda_balance,
             LossTerm::Instance => 1.0 - config.bag_weight,
             LossTerm::Alignment => config.alignment_weight,
+            LossTerm::Cohort => config.cohort_weight,
+            LossTerm::Proxy => config.pibd_gamma,
+            LossTerm::ProxyNll => config.pibd_alpha,
+            LossTerm::ProxyKl => config.pibd_beta,
+            LossTerm::ClubMi | LossTerm::ClubEstimator => config.pibd_sigma,
+            LossTerm::Reconstruction => config.ldcvae_reconstruction,
+            LossTerm::WsiSurvival => config.ldcvae_beta,
+            LossTerm::LatentAlignment => config.ldcvae_alpha,
+            LossTerm::Kl => config.ldcvae_kl,
+        }
+    }
+
+    /// Every term, in history.csv's column order.
+    pub const ALL: [LossTerm; 14] = [
+        LossTerm::Decoupling,
+        LossTerm::Balance,
+        LossTerm::Instance,
+        LossTerm::Alignment,
+        LossTerm::Cohort,
+        LossTerm::Proxy,
+        LossTerm::ProxyNll,
+        LossTerm::ProxyKl,
+        LossTerm::ClubMi,
+        LossTerm::ClubEstimator,
+        LossTerm::Reconstruction,
+        LossTerm::WsiSurvival,
+        LossTerm::LatentAlignment,
+        LossTerm::Kl,
+    ];
+
+    /// Its history.csv column (and name in the parity fixtures, without `loss_`).
+    pub fn column(self) -> &'static str {
+        match self {
+            LossTerm::Decoupling => "loss_decoupling",
+            LossTerm::Balance => "loss_balance",
+            LossTerm::Instance => "loss_instance",
+            LossTerm::Alignment => "loss_alignment",
+            LossTerm::Cohort => "loss_cohort",
+            LossTerm::Proxy => "loss_proxy",
+            LossTerm::ProxyNll => "loss_proxy_nll",
+            LossTerm::ProxyKl => "loss_proxy_kl",
+            LossTerm::ClubMi => "loss_club_mi",
+            LossTerm::ClubEstimator => "loss_club_estimator",
+            LossTerm::Reconstruction => "loss_reconstruction",
+            LossTerm::WsiSurvival => "loss_wsi_survival",
+            LossTerm::LatentAlignment => "loss_latent_alignment",
+            LossTerm::Kl => "loss_kl",
         }
     }
 }
@@ -254,6 +325,8 @@ pub struct Pass {
     /// The patient's time bin, for training losses that need the label (CLAM's instance
     /// loss); `None` leaves such terms at zero.
     pub label: Option<i64>,
+    /// Whether that patient is censored (CCL's cohort loss); `None` as for `label`.
+    pub censored: Option<bool>,
 }
 
 impl Pass {
@@ -261,11 +334,13 @@ impl Pass {
         train: true,
         dropout: true,
         label: None,
+        censored: None,
     };
     pub const EVAL: Pass = Pass {
         train: false,
         dropout: false,
         label: None,
+        censored: None,
     };
 }
 

@@ -21,7 +21,7 @@
 //! proxies) pick k z tokens (k = 256 for the WSI, int(6·0.8) = 4 for the omics).
 //!
 //! Losses (training; `_train_loop_survival`, process_args defaults): NLL + γ·proxy + α·proxy-NLL
-//! + β·KL + σ·(CLUB MI + CLUB estimator), γ = 1, α = 0.1, β = 0.01, σ = 0.1; the five terms are
+//! plus β·KL + σ·(CLUB MI + CLUB estimator), γ = 1, α = 0.1, β = 0.01, σ = 0.1; the five terms are
 //! [`LossTerm::Proxy`], [`LossTerm::ProxyNll`], [`LossTerm::ProxyKl`], [`LossTerm::ClubMi`],
 //! [`LossTerm::ClubEstimator`], each the mean over the 8 loops as the release averages them.
 //! The CLUB MI upper bound is exactly 0 for a batch of one (its positive and negative pairs are
@@ -180,7 +180,7 @@ fn normalize(x: &Tensor) -> Tensor {
 fn proxy_nll(logits: &Tensor) -> Tensor {
     let (kind, device) = (logits.kind(), logits.device());
     let hazards = logits.sigmoid();
-    let s = (1.0 - &hazards).cumprod(1, kind);
+    let s = hazards.neg().g_add_scalar(1.0).cumprod(1, kind);
     let s_padded = Tensor::cat(&[Tensor::ones([PROXIES, 1], (kind, device)), s], 1);
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3])
         .view([PROXIES, 1])
@@ -193,7 +193,7 @@ fn proxy_nll(logits: &Tensor) -> Tensor {
     let s_prev = s_padded.gather(1, &y, false).clamp_min(eps);
     let h_this = hazards.gather(1, &y, false).clamp_min(eps);
     let s_this = s_padded.gather(1, &(&y + 1i64), false).clamp_min(eps);
-    let uncensored = -(1.0 - &c) * (s_prev.log() + h_this.log());
+    let uncensored = -(c.neg().g_add_scalar(1.0)) * (s_prev.log() + h_this.log());
     let censored = -&c * s_this.log();
     let neg_l = censored + &uncensored;
     ((1.0 - PROXY_NLL_ALPHA) * neg_l + PROXY_NLL_ALPHA * uncensored).sum(kind)
@@ -204,7 +204,7 @@ fn proxy_nll(logits: &Tensor) -> Tensor {
 fn kl_to_standard_normal(mu: &Tensor, sigma: &Tensor) -> Tensor {
     let kind = mu.kind();
     let k = mu.size()[1] as f64;
-    let logdet_q = (2.0 * sigma.clamp_min(1e-8).log()).sum_dim_intlist(1, false, kind);
+    let logdet_q = (sigma.clamp_min(1e-8).log() * 2.0).sum_dim_intlist(1, false, kind);
     // The prior's log-determinant, Σ 2·log 1, is 0.
     let fs = sigma.square().sum_dim_intlist(1, false, kind)
         + mu.square().sum_dim_intlist(1, false, kind);
@@ -283,7 +283,7 @@ impl Pib {
         let samples = mu.unsqueeze(1) + sigma.unsqueeze(1) * noise; // [8, 50, 256]
         let z_proxy = samples.mean_dim(1, false, kind); // [8, 256]
         let att = normalize(&z).matmul(&normalize(&z_proxy).transpose(0, 1)); // [N, 8]
-        // Where the release's top-k would raise (fewer entries than k), take them all.
+                                                                              // Where the release's top-k would raise (fewer entries than k), take them all.
         let (positive, proxy_loss) = match label {
             None => {
                 // Row-major [N, 8]: entry n·8 + p; the mode of p over the top-k entries, the
@@ -314,9 +314,7 @@ impl Pib {
         let (_, idx) = flat.topk(k, 0, true, true);
         let tokens = z.index_select(0, &idx.remainder(n));
         PibOut {
-            decoder_logits: samples
-                .apply(&self.decoder_logits)
-                .mean_dim(1, false, kind),
+            decoder_logits: samples.apply(&self.decoder_logits).mean_dim(1, false, kind),
             mu_positive: mu.get(positive).unsqueeze(0),
             sigma_positive: sigma.get(positive).unsqueeze(0),
             mu,
@@ -493,8 +491,10 @@ impl ClubMean {
         let kind = x.kind();
         let mu = self.mu(x);
         let positive = -(&mu - y).square() / 2.0;
-        let negative =
-            -(y.unsqueeze(0) - mu.unsqueeze(1)).square().mean_dim(1, false, kind) / 2.0;
+        let negative = -(y.unsqueeze(0) - mu.unsqueeze(1))
+            .square()
+            .mean_dim(1, false, kind)
+            / 2.0;
         (positive.sum_dim_intlist(-1, false, kind) - negative.sum_dim_intlist(-1, false, kind))
             .mean(kind)
     }
@@ -620,7 +620,9 @@ impl SurvivalModel for Pibd {
                 [&wsi.sigma_positive, &omic.sigma_positive],
                 &draws.gaussian(&format!("draw.{i}.PoE"), &[1, SAMPLES, DIM]),
             ); // [1, 256]
-            let (h, p, g) = self.pid.forward(&wsi.tokens, &omic.tokens, &global, dropout);
+            let (h, p, g) = self
+                .pid
+                .forward(&wsi.tokens, &omic.tokens, &global, dropout);
             let h = h.mean_dim(0, true, kind); // [1, 256]
             let p = p.mean_dim(0, true, kind);
             let g = g.mean_dim(0, true, kind);
@@ -635,8 +637,8 @@ impl SurvivalModel for Pibd {
                     .to_kind(Kind::Float),
             );
             if pass.train {
-                mi = mi + mimin;
-                estimator = estimator + mimin_loss;
+                mi = &mi + mimin; // not `+=`: no in-place ops on the graph
+                estimator = &estimator + mimin_loss;
                 nll = nll + proxy_nll(&wsi.decoder_logits) + proxy_nll(&omic.decoder_logits);
                 kl = kl
                     + kl_to_standard_normal(&wsi.mu, &wsi.sigma)
@@ -717,7 +719,12 @@ mod tests {
             tch::manual_seed(seed);
             tch::no_grad(|| model.forward_pass(&inputs, (1, 1), Pass::EVAL)).logits
         };
-        assert!(eval(4).equal(&eval(5)));
+        // Other unit tests draw from the same global generator without the lock, and a draw
+        // between a re-seed and its use changes that pass: a few tries tell the two apart.
+        assert!(
+            (0..5).any(|_| eval(4).equal(&eval(5))),
+            "evaluation depends on the generator's state"
+        );
         let pass = Pass {
             label: Some(2),
             censored: Some(true),

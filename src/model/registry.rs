@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tch::nn;
 
 use super::{
-    abmil, clam, cmta, hdmoe, mcat, mil, mome, motcat, snn, snn_trans, survpath, transmil,
+    abmil, ccl, clam, cmta, hdmoe, ld_cvae, mcat, mil, mome, motcat, pibd, snn, snn_trans,
+    survpath, transmil,
 };
 use super::{GenomicsInput, ModelSpec, SurvivalModel};
 use crate::config::Modality;
@@ -46,6 +47,9 @@ pub static MODELS: &[&ModelEntry] = &[
     &cmta::ENTRY,
     &survpath::ENTRY,
     &mome::ENTRY,
+    &ccl::ENTRY,
+    &pibd::ENTRY,
+    &ld_cvae::ENTRY,
     &hdmoe::ENTRY,
 ];
 

@@ -29,9 +29,18 @@ use crate::encode;
 use crate::model::{self, loss, LossTerm, ModelSpec, Pass};
 use crate::survival::N_BINS;
 
-/// The baselines' terms (`loss_instance`: CLAM; `loss_alignment`: CMTA) come last, so the
-/// columns before them keep their places.
-const HISTORY_HEADER: &str = "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds,loss_instance,loss_alignment";
+/// history.csv's header: HDMoE's two terms beside the survival loss, and the baselines' terms
+/// (`LossTerm::ALL` after those two) last, so that the earlier columns keep their places.
+fn history_header() -> String {
+    let mut header = String::from(
+        "epoch,lr,loss_total,loss_survival,loss_decoupling,loss_balance,train_cindex,val_cindex,nested_cindex,seconds",
+    );
+    for term in &LossTerm::ALL[2..] {
+        header.push(',');
+        header.push_str(term.column());
+    }
+    header
+}
 const VAL_HEADER: &str = "epoch,case_id,risk,hazard_0,hazard_1,hazard_2,hazard_3";
 const ROUTING_HEADER: &str = "epoch,split,moe,expert,count";
 const MOE_NAMES: [&str; 3] = ["level1_modality1", "level1_wsi", "level2_fusion"];
@@ -148,7 +157,7 @@ impl FoldFiles {
     }
 
     fn write(&self, rows: &Rows) -> Result<(), FitError> {
-        write_rows(&self.history, HISTORY_HEADER, &rows.history)?;
+        write_rows(&self.history, &history_header(), &rows.history)?;
         write_rows(&self.val, VAL_HEADER, &rows.val)?;
         write_rows(&self.routing, ROUTING_HEADER, &rows.routing)
     }
@@ -190,8 +199,8 @@ pub(super) fn write_rows(path: &Path, header: &str, rows: &[String]) -> Result<(
 
 /// What one training epoch measured.
 struct EpochTrain {
-    /// Summed total, survival, decoupling, balance, instance and alignment losses.
-    sums: [f64; 6],
+    /// Summed total and survival losses, then each of `LossTerm::ALL`.
+    sums: [f64; 2 + LossTerm::ALL.len()],
     preds: Vec<Prediction>,
     routing: Vec<Vec<i64>>,
 }
@@ -282,20 +291,23 @@ impl<'a> FoldRun<'a> {
             c_index(data, &nested.0)
         };
         let sums = trained.sums;
-        rows.history.push(format!(
-            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3},{},{}",
+        let mean = |k: usize| trained.sums[k] / n;
+        let mut row = format!(
+            "{epoch},{:.8e},{},{},{},{},{},{},{},{:.3}",
             self.adam.lr,
-            sums[0] / n,
-            sums[1] / n,
-            sums[2] / n,
-            sums[3] / n,
+            mean(0),
+            mean(1),
+            mean(2),
+            mean(3),
             c_index(data, &trained.preds),
             c_index(data, &val_preds),
             nested_c,
             started.elapsed().as_secs_f64(),
-            sums[4] / n,
-            sums[5] / n,
-        ));
+        );
+        for k in 4..trained.sums.len() {
+            row.push_str(&format!(",{}", mean(k)));
+        }
+        rows.history.push(row);
         for p in &val_preds {
             let h = p.hazards;
             rows.val.push(format!(
@@ -347,7 +359,7 @@ impl<'a> FoldRun<'a> {
         let accumulate = train_cfg.accumulate;
         let adam = &mut self.adam;
         let mut result = EpochTrain {
-            sums: [0.0; 6],
+            sums: [0.0; 2 + LossTerm::ALL.len()],
             preds: Vec::new(),
             routing: Vec::new(),
         };
@@ -361,6 +373,7 @@ impl<'a> FoldRun<'a> {
             let segments = trainer.draw_segments(&mut segment_rng, true);
             let pass = Pass {
                 label: Some(p.time_bin as i64),
+                censored: Some(p.censored),
                 ..Pass::TRAIN
             };
             let out = trainer.model.forward_pass(&inputs, segments, pass);
@@ -385,14 +398,10 @@ impl<'a> FoldRun<'a> {
                 adam.step(&trainer.params, &pending);
                 pending.clear();
             }
-            let values = [
-                total,
-                surv,
-                out.loss(LossTerm::Decoupling),
-                out.loss(LossTerm::Balance),
-                out.loss(LossTerm::Instance),
-                out.loss(LossTerm::Alignment),
-            ];
+            let values: Vec<Tensor> = [total, surv]
+                .into_iter()
+                .chain(LossTerm::ALL.iter().map(|&term| out.loss(term)))
+                .collect();
             for (s, t) in result.sums.iter_mut().zip(&values) {
                 *s += t.double_value(&[]);
             }

@@ -73,6 +73,7 @@ const TRAIN_NO_DROPOUT: Pass = Pass {
     train: true,
     dropout: false,
     label: None,
+    censored: None,
 };
 
 /// engine.py's total: NLL + α·(dis1 + dis2) + 0.01·(Σ load balance), α = 1.

@@ -12,7 +12,7 @@ use common::fixture;
 use common::official::*;
 use hdmoe_pipe::config::ModelConfig;
 use hdmoe_pipe::model::loss::nll_survival;
-use hdmoe_pipe::model::{Architecture, Inputs, LossTerm, ModelSpec, Output, Pass, SurvivalModel};
+use hdmoe_pipe::model::{Architecture, Inputs, ModelSpec, Output, Pass, SurvivalModel};
 use serde_json::Value;
 use tch::Tensor;
 
@@ -100,11 +100,7 @@ fn total_loss(model: &dyn SurvivalModel, out: &Output, case: &Value) -> Tensor {
         .loss_terms()
         .iter()
         .fold(nll * survival, |total, term| {
-            let name = match term {
-                LossTerm::Instance => "instance",
-                LossTerm::Alignment => "alignment",
-                other => panic!("no fixture name for {other:?}"),
-            };
+            let name = term.column().trim_start_matches("loss_");
             let weight = weights[name].as_f64().unwrap();
             assert!(
                 (term.weight(&config) - weight).abs() < 1e-12,
@@ -112,6 +108,33 @@ fn total_loss(model: &dyn SurvivalModel, out: &Output, case: &Value) -> Tensor {
             );
             total + out.loss(*term) * weight
         })
+}
+
+/// LD-CVAE's reparameterisation draws as the fixture fixed them: per role, the Box–Muller
+/// normal of two `uniform` streams of the draw's name (make_ldcvae.py's `fixed_normal`).
+fn with_draws<T>(architecture: &str, case: &Value, pass: &str, f: impl FnOnce() -> T) -> T {
+    if architecture != "ld_cvae" {
+        return f();
+    }
+    let draws = case["draws"][pass]
+        .as_object()
+        .expect("the case's draws")
+        .iter()
+        .map(|(role, name)| {
+            let name = name.as_str().unwrap();
+            let u1 = uniform(&format!("{name}.u1"), 256);
+            let u2 = uniform(&format!("{name}.u2"), 256);
+            let e: Vec<f64> = u1
+                .iter()
+                .zip(&u2)
+                .map(|(a, b)| {
+                    (-2.0 * (1.0 - a).ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+                })
+                .collect();
+            (role.clone(), Tensor::from_slice(&e).view([1, 256]))
+        })
+        .collect();
+    hdmoe_pipe::model::ld_cvae::with_fixed_draws(draws, f)
 }
 
 fn check_system(architecture: &str) {
@@ -128,7 +151,14 @@ fn check_system(architecture: &str) {
             case["time_bin"]
         );
         let want = &case["eval"];
-        let out = tch::no_grad(|| model.forward_pass(&x, (1, 1), Pass::EVAL));
+        // PIBD's eval re-seeds libtorch's generator before each draw, as the release does:
+        // nothing else may draw meanwhile.
+        let out = {
+            let _generator = (architecture == "pibd").then(hdmoe_pipe::torch_rng::lock);
+            with_draws(architecture, case, "eval", || {
+                tch::no_grad(|| model.forward_pass(&x, (1, 1), Pass::EVAL))
+            })
+        };
         for (key, got) in [
             ("logits", &out.logits),
             ("hazards", &out.hazards),
@@ -157,8 +187,18 @@ fn check_system(architecture: &str) {
             train: true,
             dropout: false,
             label: Some(case["time_bin"].as_i64().unwrap()),
+            censored: Some(case["censored"].as_bool().unwrap()),
         };
-        let out = model.forward_pass(&x, (1, 1), pass);
+        // PIBD's training draws (noise, patch subsets) are the fixture's hashed stand-ins.
+        let out = if architecture == "pibd" {
+            hdmoe_pipe::model::pibd::with_fixed_draws(hashed_uniform, || {
+                model.forward_pass(&x, (1, 1), pass)
+            })
+        } else {
+            with_draws(architecture, case, "train", || {
+                model.forward_pass(&x, (1, 1), pass)
+            })
+        };
         let loss = total_loss(model.as_ref(), &out, case);
         check(
             loss.double_value(&[]),
@@ -256,6 +296,21 @@ fn survpath_equals_survpaths() {
 #[test]
 fn mome_equals_momes() {
     check_system("mome");
+}
+
+#[test]
+fn ccl_equals_ccls() {
+    check_system("ccl");
+}
+
+#[test]
+fn pibd_equals_pibds() {
+    check_system("pibd");
+}
+
+#[test]
+fn ld_cvae_equals_robust_mcats() {
+    check_system("ld_cvae");
 }
 
 #[test]
@@ -390,47 +445,88 @@ fn motcat_ot_solver_equals_pots() {
     println!("OT plans: worst relative difference {worst:.1e}");
 }
 
-/// MoME (21.7 M parameters, too slow for the planted-signal test's epochs) trains through `fit`
-/// and its checkpoint holds every official parameter name.
+/// The heavy baselines (MoME 21.7 M parameters, LD-CVAE 17.3 M, PIBD's eight passes per
+/// patient, CCL's clustering), too slow for the planted-signal test's epochs: each trains
+/// through `fit`, records its own loss terms in history.csv, and its checkpoint holds every
+/// official parameter name.
 #[test]
-fn mome_fits_and_its_checkpoint_has_the_official_names() {
+fn the_heavy_baselines_fit_and_keep_the_official_names() {
     let _one = crate::fit::ONE_FIT_AT_A_TIME
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let data = crate::fit::synthetic(&dir.path().join("cohort"), 40, false, true);
-    let config = data.config(&["model.architecture=mome", "train.epochs=2", "train.lr=1e-4"]);
-    let report = hdmoe_pipe::train::run(&config, false).unwrap();
-    assert_eq!(report.folds.len(), 2);
-    for fold in &report.folds {
-        assert!(
-            fold.c_last.is_finite(),
-            "fold {}: C-index {}",
-            fold.fold,
-            fold.c_last
-        );
-    }
-    let history = std::fs::read_to_string(config.run_dir().join("fold_0/history.csv")).unwrap();
-    for row in history.lines().skip(1) {
-        let total: f64 = row.split(',').nth(2).unwrap().parse().unwrap();
-        assert!(total.is_finite() && total > 0.0, "{row}");
-    }
-    let saved: std::collections::BTreeSet<String> =
-        Tensor::read_safetensors(config.run_dir().join("fold_0/model.safetensors"))
-            .unwrap()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-    let official = reference("mome");
-    // The fixture's groups are TCGA's; the names do not depend on the sizes.
-    for name in official["parameters"].as_object().unwrap().keys() {
-        let group = name
-            .strip_prefix("sig_networks.")
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|g| g.parse::<usize>().ok());
-        if group.is_some_and(|g| g >= 2) {
-            continue; // the synthetic cohort has two groups
+    for architecture in ["mome", "ccl", "pibd", "ld_cvae"] {
+        let runs = dir.path().join("runs").join(architecture);
+        let config = data.config(&[
+            &format!("model.architecture={architecture}"),
+            &format!("paths.runs={}", runs.display()),
+            "train.epochs=2",
+            "train.lr=1e-4",
+        ]);
+        let report = hdmoe_pipe::train::run(&config, false).unwrap();
+        assert_eq!(report.folds.len(), 2);
+        for fold in &report.folds {
+            assert!(fold.c_last.is_finite(), "{architecture} fold {}", fold.fold);
         }
-        assert!(saved.contains(name), "checkpoint lacks `{name}`");
+        let history = std::fs::read_to_string(runs.join("fold_0/history.csv")).unwrap();
+        let header: Vec<&str> = history.lines().next().unwrap().split(',').collect();
+        let model = hdmoe_pipe::model::Architecture::find(architecture).unwrap();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let spec_terms = {
+            let _generator = hdmoe_pipe::torch_rng::lock();
+            let mut spec = ModelSpec::wsi_genomics(vec![4, 4], 256);
+            spec.architecture = model;
+            spec.wsi_dim = 16;
+            hdmoe_pipe::model::build(&vs.root(), spec).loss_terms()
+        };
+        for row in history.lines().skip(1) {
+            let cells: Vec<f64> = row.split(',').map(|c| c.parse().unwrap()).collect();
+            assert!(
+                cells[2].is_finite() && cells[2] > 0.0,
+                "{architecture}: {row}"
+            );
+            for term in spec_terms {
+                let k = header.iter().position(|h| *h == term.column()).unwrap();
+                assert!(
+                    cells[k].is_finite(),
+                    "{architecture} {}: {row}",
+                    term.column()
+                );
+            }
+        }
+        let saved: std::collections::BTreeSet<String> =
+            Tensor::read_safetensors(runs.join("fold_0/model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+        // The fixtures' groups are TCGA's six; the synthetic cohort has two.
+        for name in reference(architecture)["parameters"]
+            .as_object()
+            .unwrap()
+            .keys()
+        {
+            let group = name
+                .split('.')
+                .skip_while(|part| {
+                    ![
+                        "sig_networks",
+                        "genomics_fc",
+                        "decoders",
+                        "latent_generators",
+                    ]
+                    .contains(part)
+                })
+                .nth(1)
+                .and_then(|g| g.parse::<usize>().ok());
+            if group.is_some_and(|g| g >= 2) {
+                continue;
+            }
+            assert!(
+                saved.contains(name),
+                "{architecture}: checkpoint lacks `{name}`"
+            );
+        }
     }
 }
