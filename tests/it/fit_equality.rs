@@ -44,13 +44,15 @@ const CASES: [(&str, bool, &[&str]); 3] = [
     ("genomics_only", false, &[]),
 ];
 
-/// The numeric cells of a CSV, each row without the columns in `skip` (0-based).
-fn numeric_rows(path: &Path, skip: &[usize]) -> Vec<Vec<f64>> {
+/// The numeric cells of a CSV, each row's first `columns` cells without those in `skip`
+/// (0-based).
+fn numeric_rows(path: &Path, columns: usize, skip: &[usize]) -> Vec<Vec<f64>> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .skip(1)
         .map(|line| {
             line.split(',')
+                .take(columns)
                 .enumerate()
                 .filter(|(i, _)| !skip.contains(i))
                 .map(|(_, cell)| cell.parse::<f64>().unwrap_or(f64::NAN))
@@ -73,8 +75,9 @@ fn train_case(root: &Path, wsi: bool, extra: &[&str]) -> Value {
             json!({
                 // Without the C-indices (a risk that moves by round-off can swap two patients'
                 // order and move a C-index by one pair) and the seconds.
-                "history": numeric_rows(&fold.join("history.csv"), &[6, 7, 8, 9]),
-                "val": numeric_rows(&fold.join("val_predictions.csv"), &[1]),
+                // The ten columns the recording had (the baselines' loss columns came later).
+                "history": numeric_rows(&fold.join("history.csv"), 10, &[6, 7, 8, 9]),
+                "val": numeric_rows(&fold.join("val_predictions.csv"), usize::MAX, &[1]),
             })
         })
         .collect();
