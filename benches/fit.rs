@@ -182,6 +182,19 @@ fn train_step(model: &dyn SurvivalModel, inputs: &Inputs, params: &[Tensor], ada
     profile::phase("Adam", || adam.step(params, &grads));
 }
 
+/// The bag sizes of the step profile: `HDMOE_BENCH_PATCHES` (comma-separated, e.g. `500,1000`
+/// for the official setting's 500-patch slides) or the comparison's sizes.
+fn profile_bags() -> Vec<i64> {
+    std::env::var("HDMOE_BENCH_PATCHES")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .map(|n| n.trim().parse().expect("HDMOE_BENCH_PATCHES: patch counts"))
+                .collect()
+        })
+        .unwrap_or_else(|| BAGS.to_vec())
+}
+
 /// One measured configuration of the profile.
 struct Case {
     label: String,
@@ -424,7 +437,7 @@ fn main() {
         label: "genomics only (6 SNNs + Transformer_G + head)".into(),
         patches: None,
     })
-    .chain(BAGS.iter().map(|&n| Case {
+    .chain(profile_bags().into_iter().map(|n| Case {
         label: format!("WSI + genomics, {n} patches"),
         patches: Some(n),
     }));

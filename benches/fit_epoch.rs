@@ -28,14 +28,22 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// The training pass + validation seconds of a fit's first epoch (`history.csv`'s last column).
+/// The training pass + validation seconds of a fit's first epoch (`history.csv`'s `seconds`
+/// column, found by name: the baselines' loss columns come after it).
 fn epoch_seconds(runs: &Path) -> f64 {
     let history = std::fs::read_to_string(runs.join("fold_0/history.csv")).expect("history");
-    let last = history.lines().nth(1).expect("one epoch row");
-    last.rsplit(',')
-        .next()
+    let mut lines = history.lines();
+    let header = lines.next().expect("a header");
+    let column = header
+        .split(',')
+        .position(|c| c == "seconds")
+        .expect("a seconds column");
+    let first = lines.next().expect("one epoch row");
+    first
+        .split(',')
+        .nth(column)
         .and_then(|c| c.parse().ok())
-        .expect("seconds column")
+        .expect("seconds value")
 }
 
 /// The overrides both sections share: the study's signatures and splits, one epoch of fold 0 on

@@ -27,6 +27,7 @@ use crate::cohort::Split;
 use crate::config::Config;
 use crate::encode;
 use crate::model::{self, loss, LossTerm, ModelSpec, Pass};
+use crate::profile;
 use crate::survival::N_BINS;
 
 /// history.csv's header: HDMoE's two terms beside the survival loss, and the baselines' terms
@@ -277,19 +278,34 @@ impl<'a> FoldRun<'a> {
         self.adam.lr = train_cfg
             .lr_schedule
             .rate(train_cfg.lr, epoch, train_cfg.epochs);
+        let profiling = profile::requested();
+        if profiling {
+            profile::start(self.trainer.device);
+        }
         let trained = self.train_epoch(epoch, seed)?;
         let data = self.trainer.data;
         let n = trained.preds.len() as f64;
-        let (val_preds, val_routing) =
-            self.trainer.evaluate(&self.patients.val, mix(&[seed, 3]))?;
+        let (val_preds, val_routing) = profile::phase("validation", || {
+            self.trainer.evaluate(&self.patients.val, mix(&[seed, 3]))
+        })?;
         let nested_c = if self.patients.nested.is_empty() {
             f64::NAN
         } else {
-            let nested = self
-                .trainer
-                .evaluate(&self.patients.nested, mix(&[seed, 4]))?;
+            let nested = profile::phase("validation", || {
+                self.trainer
+                    .evaluate(&self.patients.nested, mix(&[seed, 4]))
+            })?;
             c_index(data, &nested.0)
         };
+        if profiling {
+            let phases = profile::take();
+            tracing::info!(
+                "fold {} epoch {epoch}: {:.1} s\n{}",
+                self.fold,
+                started.elapsed().as_secs_f64(),
+                profile::table(&phases, started.elapsed())
+            );
+        }
         let sums = trained.sums;
         let mean = |k: usize| trained.sums[k] / n;
         let mut row = format!(
@@ -377,14 +393,19 @@ impl<'a> FoldRun<'a> {
                 ..Pass::TRAIN
             };
             let out = trainer.model.forward_pass(&inputs, segments, pass);
-            let surv =
-                loss::nll_survival(&out.hazards, &out.survival, p.time_bin as i64, p.censored);
-            let weighted = &surv * trainer.model.survival_weight();
-            let total = terms.iter().fold(weighted, |total, &term| {
-                total + out.loss(term) * term.weight(&config.model)
+            let (total, surv) = profile::phase("loss", || {
+                let surv =
+                    loss::nll_survival(&out.hazards, &out.survival, p.time_bin as i64, p.censored);
+                let weighted = &surv * trainer.model.survival_weight();
+                let total = terms.iter().fold(weighted, |total, &term| {
+                    total + out.loss(term) * term.weight(&config.model)
+                });
+                (total, surv)
             });
             let scaled = &total / accumulate as f64;
-            let grads = Tensor::run_backward(&[&scaled], &trainer.params, false, false);
+            let grads = profile::phase("backward", || {
+                Tensor::run_backward(&[&scaled], &trainer.params, false, false)
+            });
             if pending.is_empty() {
                 pending = grads;
             } else {
@@ -395,23 +416,25 @@ impl<'a> FoldRun<'a> {
                 }
             }
             if (k + 1) % accumulate == 0 || k + 1 == order.len() {
-                adam.step(&trainer.params, &pending);
+                profile::phase("Adam", || adam.step(&trainer.params, &pending));
                 pending.clear();
             }
-            let values: Vec<Tensor> = [total, surv]
-                .into_iter()
-                .chain(LossTerm::ALL.iter().map(|&term| out.loss(term)))
-                .collect();
-            for (s, t) in result.sums.iter_mut().zip(&values) {
-                *s += t.double_value(&[]);
-            }
-            count_routing(&mut result.routing, &out.routing, experts);
-            result.preds.push(Prediction {
-                patient,
-                risk: out.risk.double_value(&[]),
-                hazards: [0.0; N_BINS],
+            profile::phase("bookkeeping (losses, routing, progress)", || {
+                let values: Vec<Tensor> = [total, surv]
+                    .into_iter()
+                    .chain(LossTerm::ALL.iter().map(|&term| out.loss(term)))
+                    .collect();
+                for (s, t) in result.sums.iter_mut().zip(&values) {
+                    *s += t.double_value(&[]);
+                }
+                count_routing(&mut result.routing, &out.routing, experts);
+                result.preds.push(Prediction {
+                    patient,
+                    risk: out.risk.double_value(&[]),
+                    hazards: [0.0; N_BINS],
+                });
+                progress.inc();
             });
-            progress.inc();
             Ok(())
         })?;
         Ok(result)

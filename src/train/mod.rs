@@ -27,6 +27,7 @@ use crate::cohort::{self, Split};
 use crate::config::{Config, Modality, Selection};
 use crate::encode;
 use crate::model::{Inputs, Modality1, ModelSpec, RfrEval, SurvivalModel};
+use crate::profile;
 use crate::survival::{self, N_BINS};
 use data::{DataError, Dataset, Scaler};
 use fold::write_rows;
@@ -304,14 +305,17 @@ impl Trainer<'_> {
             scope.spawn(move || {
                 for (k, &p) in patients.iter().enumerate() {
                     let mut rng = ChaCha8Rng::seed_from_u64(mix(&[seed, k as u64]));
-                    let item = data.inputs(p, scaler, max_patches, &mut rng);
+                    // Plain memory only: see `data::Rows` for why no libtorch op runs here.
+                    let item = data.raw_inputs(p, scaler, max_patches, &mut rng);
                     if tx.send((k, p, item)).is_err() {
                         break;
                     }
                 }
             });
-            for (k, p, item) in rx {
-                let inputs = item?;
+            while let Some((k, p, item)) =
+                profile::phase("data (waiting for the reader thread)", || rx.recv().ok())
+            {
+                let inputs = item?.to_tensors();
                 let to = |t: Tensor| t.to_device(self.device);
                 let inputs = Inputs {
                     wsi: inputs.wsi.map(to),
