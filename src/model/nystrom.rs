@@ -21,11 +21,13 @@ pub fn iterative_pinv(x: &Tensor, iterations: usize) -> Tensor {
 fn newton_schulz(x: &Tensor, mut z: Tensor, iterations: usize) -> Tensor {
     let m = x.size()[x.dim() - 1];
     let eye = Tensor::eye(m, (x.kind(), x.device()));
+    // The three multiples of I once, not three products per iteration (the same values).
+    let (eye_7, eye_15, eye_13) = (&eye * 7.0, &eye * 15.0, &eye * 13.0);
     for _ in 0..iterations {
         let xz = x.matmul(&z);
-        let inner = &eye * 7.0 - &xz;
-        let inner = &eye * 15.0 - xz.matmul(&inner);
-        let inner = &eye * 13.0 - xz.matmul(&inner);
+        let inner = &eye_7 - &xz;
+        let inner = &eye_15 - xz.matmul(&inner);
+        let inner = &eye_13 - xz.matmul(&inner);
         z = z.matmul(&inner) * 0.25;
     }
     z
