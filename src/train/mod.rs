@@ -279,12 +279,17 @@ impl Trainer<'_> {
             self.config.model.max_patches,
             &mut rng,
         )?;
+        Ok(self.on_device(inputs))
+    }
+
+    /// The inputs moved to the training device.
+    fn on_device(&self, inputs: Inputs) -> Inputs {
         let to = |t: Tensor| t.to_device(self.device);
-        Ok(Inputs {
+        Inputs {
             wsi: inputs.wsi.map(to),
             genomics: inputs.genomics.map(|g| g.into_iter().map(to).collect()),
             mri: inputs.mri.map(to),
-        })
+        }
     }
 
     /// Visits `patients` in order with the next patient's inputs read on another thread.
@@ -315,14 +320,7 @@ impl Trainer<'_> {
             while let Some((k, p, item)) =
                 profile::phase("data (waiting for the reader thread)", || rx.recv().ok())
             {
-                let inputs = item?.to_tensors();
-                let to = |t: Tensor| t.to_device(self.device);
-                let inputs = Inputs {
-                    wsi: inputs.wsi.map(to),
-                    genomics: inputs.genomics.map(|g| g.into_iter().map(to).collect()),
-                    mri: inputs.mri.map(to),
-                };
-                f(k, p, inputs)?;
+                f(k, p, self.on_device(item?.to_tensors()))?;
             }
             Ok(())
         })
