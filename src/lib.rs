@@ -13,7 +13,8 @@
 //! support     config (the YAML schema, one validate() per section), cohort, survival
 //!             (C-index, Kaplan–Meier, log-rank, t-tests), torch_rng, profile (step phases),
 //!             kernels (the training kernels the speed work replaced, for the equality test),
-//!             memory (keeps freed tensor pages mapped between training steps)
+//!             memory (keeps freed tensor pages mapped between training steps), omp (our CPU
+//!             loops on libtorch's OpenMP team)
 //! ```
 //!
 //! `main.rs` only parses arguments and dispatches to a stage's `run`; each module's header says
@@ -34,6 +35,7 @@ pub mod labels;
 pub mod memory;
 pub mod model;
 pub mod mri;
+pub mod omp;
 pub mod pipeline;
 pub mod profile;
 pub mod progress;

@@ -4,7 +4,7 @@
 //! checkpoint can hold it and a resumed fit continues exactly.
 //!
 //! On the CPU every parameter is updated in one fused pass over its memory (read p, g, m, v;
-//! write p, m, v), the parameters split into chunks over libtorch's thread count: the tensor
+//! write p, m, v), the parameters split into chunks run on libtorch's OpenMP threads: the tensor
 //! form below walks each parameter about twelve times with six temporaries, which made the
 //! optimiser the largest part of a step. tch exposes neither `_fused_adam_` nor the `_foreach_`
 //! kernels, so the pass is written here; other devices and layouts keep the tensor form.
@@ -148,7 +148,8 @@ fn fusable(p: &Tensor, m: &Tensor, v: &Tensor) -> bool {
 impl Adam {
     pub fn new(params: &[Tensor], lr: f64, weight_decay: f64) -> Self {
         let on_cpu = params.iter().any(|p| p.device() == Device::Cpu);
-        let pool = on_cpu
+        // Only where the fused pass cannot use libtorch's OpenMP team.
+        let pool = (on_cpu && !crate::omp::available())
             .then(|| {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(tch::get_num_threads().max(1) as usize)
@@ -216,13 +217,19 @@ impl Adam {
                 }
                 held.push(g);
             }
-            let pass = || {
-                pieces_f32.par_iter().for_each(Piece::run);
-                pieces_f64.par_iter().for_each(Piece::run);
+            // On libtorch's own OpenMP team when there is one (see `crate::omp`), else rayon.
+            let (n32, n64) = (pieces_f32.len(), pieces_f64.len());
+            let run = |i: usize| match i < n32 {
+                true => pieces_f32[i].run(),
+                false => pieces_f64[i - n32].run(),
             };
-            match &self.pool {
-                Some(pool) => pool.install(pass),
-                None => pass(),
+            let threads = tch::get_num_threads().max(1) as usize;
+            if !crate::omp::for_each(n32 + n64, threads, &run) {
+                let pass = || (0..n32 + n64).into_par_iter().for_each(run);
+                match &self.pool {
+                    Some(pool) => pool.install(pass),
+                    None => pass(),
+                }
             }
             drop(held);
         });
