@@ -1,6 +1,7 @@
 //! The training kernels as they were before the speed work (issue #20), kept so that a test can
 //! train both ways in one process and compare: the tensor-form Adam, the dense Nyström attention
-//! for fewer tokens than landmarks, and its product taken left to right. One process, because
+//! for fewer tokens than landmarks, its product taken left to right, and libtorch's own dropout
+//! (`model::dropout` draws the same masks in blocks). One process, because
 //! libtorch's dropout stream depends on the CPU (MKL's generator on Intel, its own elsewhere), so
 //! values recorded on one machine cannot be reproduced on every other.
 //!

@@ -12,6 +12,7 @@ use super::init::torch_linear as linear;
 use super::mil::wsi_only;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: abmil`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -52,10 +53,10 @@ impl SurvivalModel for AttentionMil {
     fn forward_pass(&self, inputs: &Inputs, _segments: (i64, i64), pass: Pass) -> Output {
         let train = pass.dropout;
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
-        let h = bag.apply(&self.fc).relu().dropout(0.25, train);
+        let h = bag.apply(&self.fc).relu().fast_dropout(0.25, train);
         let weights = self.attention.weights(&h, train); // [1, N]
         let pooled = weights.matmul(&h).get(0);
-        let z = pooled.apply(&self.rho).relu().dropout(0.25, train);
+        let z = pooled.apply(&self.rho).relu().fast_dropout(0.25, train);
         Output::from_logits(z.apply(&self.classifier))
     }
 }

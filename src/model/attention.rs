@@ -8,6 +8,7 @@ use tch::nn::{self, Init};
 use tch::Tensor;
 
 use super::init;
+use crate::model::dropout::FastDropout;
 
 /// `nn.MultiheadAttention(embed, heads)`: `in_proj_weight [3E, E]`, `in_proj_bias [3E]`,
 /// `out_proj`; initialised as torch does (xavier-uniform in-projection, zero biases).
@@ -71,7 +72,7 @@ impl MultiheadAttention {
         let weights = q
             .matmul(&k.transpose(-2, -1))
             .softmax(-1, q.kind())
-            .dropout(self.dropout, train);
+            .fast_dropout(self.dropout, train);
         let l = query.size()[0];
         let out = weights
             .matmul(&v)
@@ -109,13 +110,13 @@ impl TransformerEncoderLayer {
     /// x [S, E] → [S, E].
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (attended, _) = self.self_attn.forward(x, x, x, train);
-        let x = (x + attended.dropout(self.dropout, train)).apply(&self.norm1);
+        let x = (x + attended.fast_dropout(self.dropout, train)).apply(&self.norm1);
         let ff = x
             .apply(&self.linear1)
             .relu()
-            .dropout(self.dropout, train)
+            .fast_dropout(self.dropout, train)
             .apply(&self.linear2);
-        (&x + ff.dropout(self.dropout, train)).apply(&self.norm2)
+        (&x + ff.fast_dropout(self.dropout, train)).apply(&self.norm2)
     }
 }
 
@@ -174,7 +175,7 @@ impl GatedAttention {
     /// h [N, L] → raw scores [N, K] (before the softmax over N).
     pub fn scores(&self, h: &Tensor, train: bool) -> Tensor {
         let drop = |t: Tensor| match self.dropout {
-            Some(p) => t.dropout(p, train),
+            Some(p) => t.fast_dropout(p, train),
             None => t,
         };
         let a = drop(h.apply(&self.a).tanh());

@@ -8,6 +8,7 @@ use tch::Tensor;
 use super::init;
 use super::nystrom::{Ppeg, TransLayer};
 use super::{Inputs, Modality1, ModelSpec};
+use crate::model::dropout::FastDropout;
 use crate::profile;
 
 /// Linear with the release's initialisation (xavier-normal weight, zero bias).
@@ -165,7 +166,7 @@ impl Encoder1 {
             }
             Encoder1::Mri { embed, trans } => profile::phase("forward: MRI encoder", || {
                 let x = inputs.mri.as_ref().expect("MRI inputs");
-                trans.forward(&x.apply(embed).relu().dropout(0.25, train), train)
+                trans.forward(&x.apply(embed).relu().fast_dropout(0.25, train), train)
             }),
         }
     }
@@ -192,8 +193,8 @@ impl WsiEncoder {
     pub(crate) fn forward(&self, inputs: &Inputs, train: bool) -> Tensor {
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
         let h = profile::phase("forward: WSI fc", || {
-            let h = bag.apply(&self.fc1).relu().dropout(0.25, train);
-            h.apply(&self.fc2).relu().dropout(0.25, train)
+            let h = bag.apply(&self.fc1).relu().fast_dropout(0.25, train);
+            h.apply(&self.fc2).relu().fast_dropout(0.25, train)
         });
         profile::phase("forward: WSI TransMIL", || self.trans.forward(&h, train))
     }

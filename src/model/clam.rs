@@ -20,6 +20,7 @@ use super::blocks::linear;
 use super::mil::wsi_only;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, LossTerm, ModelSpec, Output, Pass, SurvivalModel};
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: clam_sb`.
 pub static SB_ENTRY: ModelEntry = ModelEntry {
@@ -124,7 +125,7 @@ impl SurvivalModel for Clam {
     fn forward_pass(&self, inputs: &Inputs, _segments: (i64, i64), pass: Pass) -> Output {
         let train = pass.dropout;
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
-        let h = bag.apply(&self.fc).relu().dropout(0.25, train);
+        let h = bag.apply(&self.fc).relu().fast_dropout(0.25, train);
         let weights = self.attention.weights(&h, train); // [1 or 4, N]
         let pooled = weights.matmul(&h); // [1 or 4, 256]
         let logits = match self.branches {

@@ -30,6 +30,7 @@ use super::nystrom::{Ppeg, TransLayer};
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, LossTerm, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: cmta`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -270,10 +271,10 @@ impl SurvivalModel for Cmta {
         let patches = bag
             .apply(fc1)
             .relu()
-            .dropout(DROPOUT, train)
+            .fast_dropout(DROPOUT, train)
             .apply(fc2)
             .relu()
-            .dropout(DROPOUT, train);
+            .fast_dropout(DROPOUT, train);
         let (cls_p, tokens_p) = self.pathomics_encoder.forward(&patches, train);
         let (cls_g, tokens_g) = self.genomics_encoder.forward(&genomic, train);
         // [side², 256]: each patch token over the genomic tokens; [6, 256]: the reverse.

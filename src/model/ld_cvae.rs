@@ -57,6 +57,7 @@ use super::nystrom::{Ppeg, TransLayer};
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, LossTerm, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: ld_cvae`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -294,13 +295,13 @@ impl GeluEncoderLayer {
     /// x [S, 256] → [S, 256].
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (attended, _) = self.self_attn.forward(x, x, x, train);
-        let x = (x + attended.dropout(ENCODER_DROPOUT, train)).apply(&self.norm1);
+        let x = (x + attended.fast_dropout(ENCODER_DROPOUT, train)).apply(&self.norm1);
         let ff = x
             .apply(&self.linear1)
             .gelu("none")
-            .dropout(ENCODER_DROPOUT, train)
+            .fast_dropout(ENCODER_DROPOUT, train)
             .apply(&self.linear2);
-        (&x + ff.dropout(ENCODER_DROPOUT, train)).apply(&self.norm2)
+        (&x + ff.fast_dropout(ENCODER_DROPOUT, train)).apply(&self.norm2)
     }
 }
 
@@ -522,7 +523,7 @@ impl LdCvae {
     pub fn forward_stage(&self, inputs: &Inputs, pass: Pass, stage: Stage) -> Output {
         let train = pass.dropout;
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
-        let h_path = bag.apply(&self.wsi_net).relu().dropout(DROPOUT, train);
+        let h_path = bag.apply(&self.wsi_net).relu().fast_dropout(DROPOUT, train);
         let Some(groups) = inputs.genomics.as_ref() else {
             // Genomics missing: evaluation only (the official training pass needs them).
             assert!(!pass.train, "ld_cvae trains with genomics only");

@@ -13,6 +13,7 @@ use super::init::torch_linear;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: mcat`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -104,7 +105,7 @@ impl TokenPooling {
             .get(0)
             .apply(&self.rho)
             .relu()
-            .dropout(DROPOUT, train)
+            .fast_dropout(DROPOUT, train)
     }
 }
 
@@ -146,7 +147,7 @@ impl SurvivalModel for Mcat {
         let train = pass.dropout;
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
         let groups = inputs.genomics.as_ref().expect("genomic inputs");
-        let h_path = bag.apply(&self.wsi_net).relu().dropout(DROPOUT, train);
+        let h_path = bag.apply(&self.wsi_net).relu().fast_dropout(DROPOUT, train);
         let h_omic = self.signatures.forward(groups, train);
         // Genomic tokens query the patches.
         let (h_coattn, _) = self.coattn.forward(&h_omic, &h_path, &h_path, train);

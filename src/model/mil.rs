@@ -10,6 +10,7 @@ use super::blocks::linear;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: maxmil`.
 pub static MAX_ENTRY: ModelEntry = ModelEntry {
@@ -73,7 +74,7 @@ impl SurvivalModel for InstanceMil {
         let per_patch = bag
             .apply(&self.hidden)
             .relu()
-            .dropout(0.25, pass.dropout)
+            .fast_dropout(0.25, pass.dropout)
             .apply(&self.out);
         let logits = match self.pool {
             // torch.max(dim): the gradient goes to one index per bin, as the official code's.

@@ -12,6 +12,7 @@ pub mod blocks;
 pub mod ccl;
 pub mod clam;
 pub mod cmta;
+pub mod dropout;
 pub mod hdmoe;
 pub mod init;
 pub mod ld_cvae;

@@ -5,6 +5,7 @@ use tch::nn;
 use tch::Tensor;
 
 use super::init;
+use crate::model::dropout::FastDropout;
 
 /// What happens to the routed experts that no token of a forward pass chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +36,7 @@ impl Expert {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         x.apply(&self.fc1)
             .relu()
-            .dropout(0.1, train)
+            .fast_dropout(0.1, train)
             .apply(&self.fc2)
             .relu()
     }

@@ -42,6 +42,7 @@ use super::nystrom::NystromAttention;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: mome`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -366,7 +367,7 @@ impl SurvivalModel for Mome {
         let mut path = bag
             .apply(&self.wsi_net)
             .relu()
-            .dropout(DROPOUT, train)
+            .fast_dropout(DROPOUT, train)
             .unsqueeze(0);
         // G [1, 6, 512]
         let tokens: Vec<Tensor> = self

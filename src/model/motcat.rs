@@ -14,6 +14,7 @@ use super::ot;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: motcat`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -115,7 +116,7 @@ impl SurvivalModel for Motcat {
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
         let groups = inputs.genomics.as_ref().expect("genomic inputs");
         // [N, 256]: the official bag is [N, 1, 256]; the OT squeezes it.
-        let h_path = bag.apply(&self.wsi_net).relu().dropout(DROPOUT, train);
+        let h_path = bag.apply(&self.wsi_net).relu().fast_dropout(DROPOUT, train);
         // [6, 256]
         let h_omic = self.signatures.forward(groups, train);
         // A_coattn = πᵀ [6, N], unnormalised; h = A_coattn · H_p: the only way gradient

@@ -7,6 +7,7 @@ use tch::nn;
 use tch::Tensor;
 
 use super::init;
+use crate::model::dropout::FastDropout;
 
 /// The iterative Moore–Penrose pseudo-inverse of a batch of square matrices (…, m, m).
 /// The initial scale uses the maxima over the whole batch, as the reference does.
@@ -104,7 +105,7 @@ impl NystromAttention {
         let out = mixed + v.apply(&self.res_conv);
         let out = out.transpose(1, 2).reshape([b, padded, dim]);
         // On every padded position too, so dropout draws the same mask as the reference.
-        let out = out.apply(&self.to_out).dropout(self.dropout, train);
+        let out = out.apply(&self.to_out).fast_dropout(self.dropout, train);
         out.narrow(1, padded - n, n)
     }
 }

@@ -46,6 +46,7 @@ use super::mcat::SignatureNetworks;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, LossTerm, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: pibd`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -272,10 +273,10 @@ impl Pib {
         let z = x
             .apply(&self.encoder0)
             .relu()
-            .dropout(PIB_DROPOUT, dropout)
+            .fast_dropout(PIB_DROPOUT, dropout)
             .apply(&self.encoder3)
             .relu()
-            .dropout(PIB_DROPOUT, dropout)
+            .fast_dropout(PIB_DROPOUT, dropout)
             .apply(&self.encoder6); // [N, 256]
         let kind = z.kind();
         let mu = self.proxies.narrow(1, 0, DIM);
@@ -415,7 +416,7 @@ impl Pid {
         let weights = |q: &Tensor, k: &Tensor| {
             (q.matmul(&k.transpose(-2, -1)) * scale)
                 .softmax(-1, kind)
-                .dropout(PID_DROPOUT, dropout)
+                .fast_dropout(PID_DROPOUT, dropout)
         };
         let attn_h = weights(&qh, &kh);
         let attn_p = weights(&qp, &kp);
@@ -426,7 +427,7 @@ impl Pid {
                 .transpose(0, 1)
                 .reshape([n, DIM])
                 .apply(&self.proj)
-                .dropout(PID_DROPOUT, dropout)
+                .fast_dropout(PID_DROPOUT, dropout)
         };
         (
             out(&attn_h, &vh),
@@ -439,9 +440,9 @@ impl Pid {
     fn mlp(&self, x: &Tensor, dropout: bool) -> Tensor {
         x.apply(&self.fc1)
             .gelu("none")
-            .dropout(PID_DROPOUT, dropout)
+            .fast_dropout(PID_DROPOUT, dropout)
             .apply(&self.fc2)
-            .dropout(PID_DROPOUT, dropout)
+            .fast_dropout(PID_DROPOUT, dropout)
     }
 
     fn forward(

@@ -19,6 +19,7 @@ use super::mcat::SignatureNetworks;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
 use crate::config::Modality;
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: survpath`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -125,7 +126,7 @@ impl FeedForward {
         x.apply(&self.norm)
             .apply(&self.linear1)
             .gelu("none")
-            .dropout(DROPOUT, train)
+            .fast_dropout(DROPOUT, train)
             .apply(&self.linear2)
     }
 }

@@ -10,6 +10,7 @@ use super::blocks::{linear, TransMil};
 use super::mil::wsi_only;
 use super::registry::ModelEntry;
 use super::{GenomicsInput, Inputs, ModelSpec, Output, Pass, SurvivalModel};
+use crate::model::dropout::FastDropout;
 
 /// `model.architecture: transmil`.
 pub static ENTRY: ModelEntry = ModelEntry {
@@ -49,7 +50,7 @@ impl SurvivalModel for TransMilSurvival {
 
     fn forward_pass(&self, inputs: &Inputs, _segments: (i64, i64), pass: Pass) -> Output {
         let bag = inputs.wsi.as_ref().expect("WSI inputs");
-        let h = bag.apply(&self.fc).relu().dropout(0.25, pass.dropout);
+        let h = bag.apply(&self.fc).relu().fast_dropout(0.25, pass.dropout);
         let cls = self.trans.forward(&h, pass.dropout);
         Output::from_logits(cls.apply(&self.classifier))
     }
