@@ -32,6 +32,50 @@ pub fn concordance_index(
     event: &[bool],
     risk: &[f64],
 ) -> Result<Concordance, StatsError> {
+    let (mut concordant, mut discordant, mut tied_risk, mut tied_time) = (0u64, 0u64, 0u64, 0u64);
+    for_each_event(time, event, risk, |pairs| {
+        concordant += pairs.lower;
+        tied_risk += pairs.tied;
+        discordant += pairs.higher;
+        tied_time += pairs.tied_time;
+    })?;
+    let comparable = concordant + discordant + tied_risk;
+    if comparable == 0 {
+        return Err(StatsError::NoComparablePairs);
+    }
+    Ok(Concordance {
+        c_index: (concordant as f64 + 0.5 * tied_risk as f64) / comparable as f64,
+        concordant,
+        discordant,
+        tied_risk,
+        tied_time,
+    })
+}
+
+/// The comparable pairs of one event sample (the pairs in which it is the earlier one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct EventPairs {
+    /// The event's time.
+    pub time: f64,
+    /// Comparable samples with a lower risk (concordant pairs).
+    pub lower: u64,
+    /// Comparable samples whose risk is within [`TIED_TOL`].
+    pub tied: u64,
+    /// Comparable samples with a higher risk (discordant pairs).
+    pub higher: u64,
+    /// Comparable samples censored at the same time.
+    pub tied_time: u64,
+}
+
+/// Checks the inputs as [`concordance_index`] does, then calls `visit` once per event sample
+/// with its comparable pairs, from the latest time down. Uno's C reuses this walk with a weight
+/// per event time.
+pub(crate) fn for_each_event(
+    time: &[f64],
+    event: &[bool],
+    risk: &[f64],
+    mut visit: impl FnMut(EventPairs),
+) -> Result<(), StatsError> {
     check_survival(time, event)?;
     check_finite("risk", risk, time.len())?;
     if !event.iter().any(|&e| e) {
@@ -47,7 +91,6 @@ pub fn concordance_index(
 
     // Walk the time groups from the latest down; `later` holds every sample with a larger time.
     let mut later = RankSet::new(n);
-    let (mut concordant, mut discordant, mut tied_risk, mut tied_time) = (0u64, 0u64, 0u64, 0u64);
     let mut end = n;
     while end > 0 {
         let t = samples[end - 1].0;
@@ -65,28 +108,20 @@ pub fn concordance_index(
         for k in group.clone().filter(is_event) {
             let lower = later.count_below(ranked[k].below);
             let lower_or_tied = later.count_below(ranked[k].up_to);
-            concordant += lower;
-            tied_risk += lower_or_tied - lower;
-            discordant += later.len() - lower_or_tied;
-            tied_time += censored_here;
+            visit(EventPairs {
+                time: t,
+                lower,
+                tied: lower_or_tied - lower,
+                higher: later.len() - lower_or_tied,
+                tied_time: censored_here,
+            });
         }
         for k in group.filter(is_event) {
             later.insert(ranked[k].rank);
         }
         end = start;
     }
-
-    let comparable = concordant + discordant + tied_risk;
-    if comparable == 0 {
-        return Err(StatsError::NoComparablePairs);
-    }
-    Ok(Concordance {
-        c_index: (concordant as f64 + 0.5 * tied_risk as f64) / comparable as f64,
-        concordant,
-        discordant,
-        tied_risk,
-        tied_time,
-    })
+    Ok(())
 }
 
 /// A sample's risk rank and tie window.

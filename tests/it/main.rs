@@ -24,6 +24,7 @@ mod registries;
 
 mod report;
 mod state_dicts;
+mod survival_metrics;
 mod survival_reference;
 mod tile;
 mod zoo;
