@@ -68,6 +68,7 @@ pub struct Config {
     pub mri: MriConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub predict: PredictConfig,
     pub report: ReportConfig,
 }
 
@@ -641,6 +642,14 @@ pub struct TrainConfig {
     pub weighted_sampling: bool,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Also train one model on every usable patient (`runs/<name>/final/`), for `predict
+    /// --ensemble final`.
+    #[serde(rename = "final")]
+    pub final_model: bool,
+    /// The final model's epochs, fixed in advance. Unset: with `selection: nested`, the median
+    /// over folds of the nested selection's epoch count; otherwise `epochs`. Never chosen on
+    /// the reported folds.
+    pub final_epochs: Option<usize>,
 }
 
 impl TrainConfig {
@@ -657,6 +666,9 @@ impl TrainConfig {
         }
         if !(self.nested_fraction > 0.0 && self.nested_fraction < 0.5) {
             return invalid("nested_fraction", "must lie in (0, 0.5)");
+        }
+        if self.final_epochs == Some(0) {
+            return invalid("final_epochs", "must be at least 1");
         }
         Ok(())
     }
@@ -676,8 +688,30 @@ impl Default for TrainConfig {
             nested_fraction: 0.2,
             weighted_sampling: true,
             device: "auto".into(),
+            final_model: false,
+            final_epochs: None,
         }
     }
+}
+
+/// `predict --run`: how a new cohort's genomic columns that the training cohort had, but the
+/// new table lacks, are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingColumns {
+    /// Refuse, listing them.
+    #[default]
+    Error,
+    /// 0 (the raw value, before the training scaler).
+    Zero,
+    /// The training cohort's median of that column.
+    Median,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictConfig {
+    pub missing_columns: MissingColumns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -705,8 +739,21 @@ pub struct ReportConfig {
     pub risk_split: RiskSplitRule,
     /// Which two-sample t-tests compare risk between short and long survivors.
     pub ttest: TTestKind,
-    /// Level of the Kaplan–Meier confidence bands.
+    /// Level of the confidence intervals: Kaplan–Meier bands, the Cox hazard ratios and the
+    /// calibration table.
     pub ci_level: f64,
+    /// Uno's C only weighs pairs whose event is before tau; `None`: every pair (sksurv's
+    /// `tau=None`).
+    pub ipcw_tau: Option<f64>,
+    /// Times of the cumulative/dynamic AUC and the Brier score; `None`: the 25th, 50th and
+    /// 75th percentiles of the event times (numpy's linear quantile).
+    pub metric_times: Option<Vec<f64>>,
+    /// Numeric columns of the cohort table the Cox hazard ratio of the high-risk group is
+    /// also adjusted for (e.g. `[age]`); empty: the unadjusted fit only.
+    pub cox_covariates: Vec<String>,
+    /// The table `cox_covariates` are read from (one row per patient or slide, by `case_id`);
+    /// `None`: the run's `paths.cohort`. Set it for an external cohort.
+    pub covariates_table: Option<PathBuf>,
 }
 
 impl ReportConfig {
@@ -718,6 +765,46 @@ impl ReportConfig {
                 format!("must lie strictly between 0 and 1, got {level}"),
             );
         }
+        if let Some(tau) = self.ipcw_tau {
+            if !(tau > 0.0 && tau.is_finite()) {
+                return invalid("ipcw_tau", format!("must be a positive time, got {tau}"));
+            }
+        }
+        if let Some(times) = &self.metric_times {
+            if times.is_empty() {
+                return invalid(
+                    "metric_times",
+                    "must list at least one time (or be null for the default percentiles)",
+                );
+            }
+            if let Some(t) = times.iter().find(|t| !(**t > 0.0 && t.is_finite())) {
+                return invalid(
+                    "metric_times",
+                    format!("times must be positive, got {t} in {times:?}"),
+                );
+            }
+            if let Some(w) = times.windows(2).find(|w| w[0] >= w[1]) {
+                return invalid(
+                    "metric_times",
+                    format!(
+                        "times must be strictly increasing, but {} follows {} in {times:?}",
+                        w[1], w[0]
+                    ),
+                );
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for name in &self.cox_covariates {
+            if name.trim().is_empty() {
+                return invalid("cox_covariates", "a covariate name is blank");
+            }
+            if name == "case_id" {
+                return invalid("cox_covariates", "`case_id` is the key, not a covariate");
+            }
+            if !seen.insert(name.as_str()) {
+                return invalid("cox_covariates", format!("`{name}` is listed twice"));
+            }
+        }
         Ok(())
     }
 }
@@ -728,6 +815,10 @@ impl Default for ReportConfig {
             risk_split: RiskSplitRule::Median,
             ttest: TTestKind::Both,
             ci_level: 0.95,
+            ipcw_tau: None,
+            metric_times: None,
+            cox_covariates: Vec::new(),
+            covariates_table: None,
         }
     }
 }
@@ -1092,5 +1183,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`train.folds`"), "{e}");
+    }
+
+    #[test]
+    fn report_metric_keys_are_checked() {
+        let c = load_str(
+            "report: { ipcw_tau: 60, metric_times: [12, 24.5, 36], cox_covariates: [age] }\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.report.ipcw_tau, Some(60.0));
+        assert_eq!(c.report.metric_times, Some(vec![12.0, 24.5, 36.0]));
+        assert_eq!(c.report.cox_covariates, vec!["age".to_owned()]);
+        for (yaml, key, words) in [
+            ("report: { ipcw_tau: 0 }\n", "report.ipcw_tau", "positive"),
+            (
+                "report: { metric_times: [12, 12] }\n",
+                "report.metric_times",
+                "increasing",
+            ),
+            (
+                "report: { metric_times: [24, 12] }\n",
+                "report.metric_times",
+                "increasing",
+            ),
+            (
+                "report: { metric_times: [-1, 12] }\n",
+                "report.metric_times",
+                "positive",
+            ),
+            (
+                "report: { metric_times: [] }\n",
+                "report.metric_times",
+                "at least one",
+            ),
+            (
+                "report: { cox_covariates: [age, age] }\n",
+                "report.cox_covariates",
+                "twice",
+            ),
+        ] {
+            let e = load_str(yaml, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(words),
+                "{yaml}: {e}"
+            );
+        }
+        let c = load_str("", &["report.metric_times=[6, 18]"]).unwrap();
+        assert_eq!(c.report.metric_times, Some(vec![6.0, 18.0]));
     }
 }

@@ -75,7 +75,11 @@ enum Command {
     /// any form torch writes; names in docs/PARAMETERS.md). With --fold K, fold K's validation
     /// patients, genomics scaled as fit scaled them (on the fold's training patients); without,
     /// every patient that has the configured modalities. Writes DIR/predictions.csv (fit's
-    /// columns, then survival_0..3).
+    /// columns, then survival_0..3). With --run DIR instead of --checkpoint, a new cohort (the
+    /// config's own cached features, genomics, MRI) scored by that fit's models (deploy.json):
+    /// the fold models averaged or the final model, features made another way refused, genomic
+    /// columns put in the training order, and the risk group at the training cohort's frozen
+    /// cutoff (columns risk_sd, risk_group, models added).
     Predict(PredictCmd),
     /// C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from predictions.
     Report(ReportCmd),
@@ -190,12 +194,25 @@ struct PredictCmd {
     #[command(flatten)]
     config: ConfigArgs,
     /// The model's weights: model.safetensors from fit, or an official state dict.
-    #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "run",
+        conflicts_with = "run"
+    )]
+    checkpoint: Option<PathBuf>,
     /// Predict fold K's validation patients (genomics scaled on its training patients).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", conflicts_with = "run")]
     fold: Option<usize>,
-    /// Output folder [default: runs/<name>/predict_fold_<K>, or runs/<name>/predict].
+    /// A finished fit's run folder (runs/<name>, with deploy.json) whose models score the
+    /// config's cohort.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    /// With --run: the fold models averaged, or the final model (`train.final: true`).
+    #[arg(long, value_enum, default_value = "folds", requires = "run")]
+    ensemble: train::predict::Ensemble,
+    /// Output folder [default: runs/<name>/predict_fold_<K>, runs/<name>/predict, or with
+    /// --run runs/<new name>/predict_<ensemble>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
@@ -336,8 +353,19 @@ fn run(cli: Cli) -> Result<ExitStatus> {
         }
         Command::Predict(args) => {
             let config = args.config.load()?;
-            let (checkpoint, out) = (&args.checkpoint, args.out.as_deref());
-            stage::finish(&train::predict::run(&config, checkpoint, args.fold, out)?)
+            let out = args.out.as_deref();
+            match (&args.run, &args.checkpoint) {
+                (Some(run), _) => stage::finish(&train::predict::run_deployed(
+                    &config,
+                    run,
+                    args.ensemble,
+                    out,
+                )?),
+                (None, Some(checkpoint)) => {
+                    stage::finish(&train::predict::run(&config, checkpoint, args.fold, out)?)
+                }
+                (None, None) => unreachable!("clap requires --checkpoint or --run"),
+            }
         }
         Command::Report(args) => {
             let config = args.config.load()?;

@@ -31,8 +31,12 @@ fn file_error(path: &Path, message: impl ToString) -> DataError {
 }
 
 /// Raw genomic groups: one matrix [patients, columns] per group, rows by case id.
+#[derive(Debug)]
 pub struct Genomics {
     pub rows: HashMap<String, usize>,
+    /// The groups' dataset names in genomics.h5, and each group's column (gene) names.
+    pub names: Vec<String>,
+    pub columns: Vec<Vec<String>>,
     pub groups: Vec<Array2<f64>>,
 }
 
@@ -68,8 +72,18 @@ impl Genomics {
             .map(|n| file.dataset(n).and_then(|d| d.read_2d::<f64>()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(e)?;
+        let columns = names
+            .iter()
+            .map(|n| {
+                file.dataset(n)
+                    .and_then(|d| cache::read_str_list_attr(&d, "feature_names"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e)?;
         Ok(Self {
             rows: ids.into_iter().enumerate().map(|(i, id)| (id, i)).collect(),
+            names,
+            columns,
             groups,
         })
     }
@@ -77,6 +91,7 @@ impl Genomics {
 
 /// Per-group column means and standard deviations of the training patients, by
 /// scikit-learn's `StandardScaler` rule (ddof 0; a constant column scales by 1).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scaler {
     pub mean: Vec<Vec<f64>>,
     pub std: Vec<Vec<f64>>,
@@ -457,6 +472,8 @@ mod tests {
         }
         Genomics {
             rows: HashMap::new(),
+            names: vec!["g".into()],
+            columns: vec![(0..columns.len()).map(|c| format!("c{c}")).collect()],
             groups: vec![m],
         }
     }

@@ -46,6 +46,18 @@ const VAL_HEADER: &str = "epoch,case_id,risk,hazard_0,hazard_1,hazard_2,hazard_3
 const ROUTING_HEADER: &str = "epoch,split,moe,expert,count";
 const MOE_NAMES: [&str; 3] = ["level1_modality1", "level1_wsi", "level2_fusion"];
 
+/// The pseudo-fold of `train.final`: every usable patient, trained under `runs/<name>/final/`.
+pub(super) const FINAL: usize = usize::MAX;
+
+/// `fold_<k>`, or `final`: the fold's folder and its name in the log.
+pub(super) fn fold_name(fold: usize) -> String {
+    if fold == FINAL {
+        "final".into()
+    } else {
+        format!("fold_{fold}")
+    }
+}
+
 /// Trains (or keeps, or resumes) one fold; returns its figures and its predictions.csv rows.
 pub(super) fn fit_fold(
     config: &Config,
@@ -62,7 +74,7 @@ pub(super) fn fit_fold(
     files.check_parameters(&fold_parameters(config, data, split), force)?;
     let epochs = config.train.epochs;
     if let Some(rows) = files.finished(epochs, force) {
-        tracing::info!("fold {fold}: already trained, kept");
+        tracing::info!("{}: already trained, kept", fold_name(fold));
         return summarise_fold(config, data, fold, n_train, n_val, &rows.history, &rows.val);
     }
     let _ = std::fs::remove_file(&files.done);
@@ -98,7 +110,7 @@ struct Rows {
 
 impl FoldFiles {
     fn create(run_dir: &Path, fold: usize) -> Result<Self, FitError> {
-        let dir = run_dir.join(format!("fold_{fold}"));
+        let dir = run_dir.join(fold_name(fold));
         std::fs::create_dir_all(&dir).map_err(|e| output_error(&dir, e))?;
         Ok(Self {
             parameters: dir.join("parameters.txt"),
@@ -265,7 +277,7 @@ impl<'a> FoldRun<'a> {
             return Ok(0);
         }
         let start = load_state(&self.files.state, &self.trainer, &mut self.adam)?;
-        tracing::info!("fold {}: resuming after epoch {start}", self.fold);
+        tracing::info!("{}: resuming after epoch {start}", fold_name(self.fold));
         Ok(start)
     }
 
@@ -300,8 +312,8 @@ impl<'a> FoldRun<'a> {
         if profiling {
             let phases = profile::take();
             tracing::info!(
-                "fold {} epoch {epoch}: {:.1} s\n{}",
-                self.fold,
+                "{} epoch {epoch}: {:.1} s\n{}",
+                fold_name(self.fold),
                 started.elapsed().as_secs_f64(),
                 profile::table(&phases, started.elapsed())
             );
@@ -342,8 +354,8 @@ impl<'a> FoldRun<'a> {
         self.files.write(rows)?;
         save_state(&self.files.state, &self.trainer, &self.adam, epoch + 1)?;
         tracing::info!(
-            "fold {} epoch {epoch}: loss {:.4}, val C-index {:.4}",
-            self.fold,
+            "{} epoch {epoch}: loss {:.4}, val C-index {:.4}",
+            fold_name(self.fold),
             sums[0] / n,
             c_index(data, &val_preds)
         );
@@ -381,7 +393,7 @@ impl<'a> FoldRun<'a> {
         };
         let mut pending: Vec<Tensor> = Vec::new();
         let mut progress = crate::progress::Progress::new(
-            format!("fold {} epoch {epoch}", self.fold),
+            format!("{} epoch {epoch}", fold_name(self.fold)),
             order.len(),
         );
         trainer.for_each_prefetched(&order, mix(&[seed, 2]), |k, patient, inputs| {

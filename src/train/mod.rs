@@ -10,6 +10,7 @@
 
 pub mod adam;
 pub mod data;
+pub mod deploy;
 mod fold;
 pub mod predict;
 
@@ -46,6 +47,8 @@ pub enum FitError {
     Encode(#[from] encode::EncodeError),
     #[error(transparent)]
     Checkpoint(Box<predict::CheckpointMismatch>),
+    #[error(transparent)]
+    Deploy(#[from] deploy::DeployError),
 }
 
 fn output_error(path: &Path, e: impl ToString) -> FitError {
@@ -169,6 +172,8 @@ fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> Parameters
     // are kept by a later run over all of them.
     let mut train = config.train.clone();
     train.folds.clear();
+    // Whether a final model is trained after the folds does not change them.
+    const NOT_FOLD_KEYS: [&str; 2] = ["train.final", "train.final_epochs"];
     let mut parameters = Parameters::new();
     for (section, value) in [
         ("dataset", serde_yaml::to_value(&config.dataset)),
@@ -177,7 +182,9 @@ fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> Parameters
     ] {
         let value = value.unwrap_or(serde_yaml::Value::Null);
         for (key, text) in flatten(section, &value) {
-            parameters = parameters.with(&key, text);
+            if !NOT_FOLD_KEYS.contains(&key.as_str()) {
+                parameters = parameters.with(&key, text);
+            }
         }
     }
     let cases = |set: &[usize]| -> String {
@@ -624,9 +631,108 @@ pub fn run(config: &Config, force: bool) -> Result<FitReport, FitError> {
         &predictions,
     )?;
     write_summary(&run_dir.join("summary.csv"), &folds, config.train.selection)?;
+    write_deployment(
+        config,
+        &data,
+        &spec,
+        &splits,
+        &folds,
+        &predictions,
+        &run_dir,
+        force,
+    )?;
     Ok(FitReport {
         run_dir,
         folds,
         excluded,
     })
+}
+
+/// The risk column of predictions.csv rows (`case_id,fold,risk,…`).
+fn risks_of(rows: &[String]) -> Vec<f64> {
+    rows.iter()
+        .filter_map(|r| r.split(',').nth(2).and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+/// `runs/<name>/deploy.json` (see [`deploy`]), training the final model first when
+/// `train.final` asks for it.
+#[allow(clippy::too_many_arguments)]
+fn write_deployment(
+    config: &Config,
+    data: &Dataset,
+    spec: &ModelSpec,
+    splits: &[Split],
+    folds: &[FoldResult],
+    predictions: &[String],
+    run_dir: &Path,
+    force: bool,
+) -> Result<(), FitError> {
+    let usable: Vec<usize> = (0..data.cohort.len())
+        .filter(|&i| data.missing[i].is_none())
+        .collect();
+    let scaler_on = |patients: &[usize]| {
+        data.genomics
+            .as_ref()
+            .map(|g| Scaler::fit(g, &data.genomic_rows(patients)))
+    };
+    let mut deployment = deploy::Deployment::new(config, data, &usable)?;
+    for split in splits {
+        // The scaler fit fitted: on the fold's training patients (less a nested slice).
+        let patients = fold_patients(config, data, split)?;
+        deployment.models.push(deploy::DeployedModel {
+            name: fold::fold_name(split.fold),
+            checkpoint: format!("{}/model.safetensors", fold::fold_name(split.fold)),
+            epochs: config.train.epochs,
+            scaler: scaler_on(&patients.train),
+        });
+    }
+    if let Ok(cutoff) = survival::median(&risks_of(predictions)) {
+        deployment.cutoffs.insert("folds".into(), cutoff);
+    }
+    if config.train.final_model {
+        let epochs = final_epochs(config, folds);
+        let mut final_config = config.clone();
+        final_config.train.epochs = epochs;
+        // Every usable patient trains; nothing is held out, so there is nothing to select on.
+        final_config.train.selection = Selection::Last;
+        let split = Split {
+            fold: fold::FINAL,
+            path: run_dir.join("final"),
+            train: usable.clone(),
+            val: usable.clone(),
+        };
+        tracing::info!(
+            "final model: {} patients, {epochs} epochs (its C-index is on its own training patients)",
+            usable.len()
+        );
+        let (_, rows) = fold::fit_fold(&final_config, data, spec, &split, run_dir, force)?;
+        deployment.models.push(deploy::DeployedModel {
+            name: fold::fold_name(fold::FINAL),
+            checkpoint: format!("{}/model.safetensors", fold::fold_name(fold::FINAL)),
+            epochs,
+            scaler: scaler_on(&usable),
+        });
+        if let Ok(cutoff) = survival::median(&risks_of(&rows)) {
+            deployment.cutoffs.insert("final".into(), cutoff);
+        }
+    }
+    deployment.write(run_dir)?;
+    Ok(())
+}
+
+/// `train.final_epochs`, else the median (rounded, halves up) over folds of the nested
+/// selection's epoch count, else `train.epochs`.
+fn final_epochs(config: &Config, folds: &[FoldResult]) -> usize {
+    if let Some(e) = config.train.final_epochs {
+        return e;
+    }
+    let nested: Vec<f64> = folds
+        .iter()
+        .filter_map(|f| f.c_nested.map(|(_, e)| (e + 1) as f64))
+        .collect();
+    match survival::median(&nested) {
+        Ok(m) if config.train.selection == Selection::Nested => (m + 0.5).floor() as usize,
+        _ => config.train.epochs,
+    }
 }

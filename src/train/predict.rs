@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Kind, Tensor};
 
 use super::data::{Dataset, Scaler};
-use super::{fold_patients, mix, model_spec, output_error, write_rows, FitError, Trainer};
+use super::{deploy, fold_patients, mix, model_spec, output_error, write_rows, FitError, Trainer};
 use crate::cohort;
 use crate::config::Config;
 use crate::encode;
 use crate::model;
+use crate::survival::N_BINS;
 
 /// What `predict` wrote.
 #[derive(Debug)]
@@ -252,4 +253,261 @@ pub fn run(
         fold,
         checkpoint_sha256: sha256,
     })
+}
+
+/// Which of a run's models score a new cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ensemble {
+    /// The fold models, their survival curves averaged.
+    Folds,
+    /// The model `train.final` trained on every patient.
+    Final,
+}
+
+impl Ensemble {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Folds => "folds",
+            Self::Final => "final",
+        }
+    }
+}
+
+/// What `predict --run` wrote.
+#[derive(Debug)]
+pub struct EnsembleReport {
+    pub run: PathBuf,
+    pub ensemble: Ensemble,
+    pub models: usize,
+    pub patients: usize,
+    pub cutoff: f64,
+    pub high_risk: usize,
+    pub excluded: usize,
+    pub output: PathBuf,
+}
+
+impl std::fmt::Display for EnsembleReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} patients scored by {} model(s) of {} ({}); {} high risk at the training cutoff {:.6}{}",
+            self.patients,
+            self.models,
+            self.run.display(),
+            self.ensemble.name(),
+            self.high_risk,
+            self.cutoff,
+            if self.excluded > 0 {
+                format!("; {} left out for a missing modality", self.excluded)
+            } else {
+                String::new()
+            }
+        )?;
+        writeln!(f, "predictions: {}", self.output.display())
+    }
+}
+
+impl crate::stage::Outcome for EnsembleReport {}
+
+const ENSEMBLE_HEADER: &str = "case_id,fold,risk,hazard_0,hazard_1,hazard_2,hazard_3,survival_months,event,epoch,selection,survival_0,survival_1,survival_2,survival_3,risk_sd,risk_group,models";
+
+/// Every usable patient's slide files must carry the training features' stamp and width.
+fn check_features(
+    deployment: &deploy::Deployment,
+    data: &Dataset,
+    patients: &[usize],
+) -> Result<(), FitError> {
+    let (Some(trained), Some(slides)) = (&deployment.features, &data.slides) else {
+        return Ok(());
+    };
+    for &p in patients {
+        for file in &slides[p] {
+            let stamp = deploy::feature_stamp(file)?;
+            if let Some(why) = deploy::feature_mismatch(trained, &stamp) {
+                return Err(deploy::DeployError::FeaturesDiffer {
+                    path: file.clone(),
+                    why,
+                }
+                .into());
+            }
+        }
+    }
+    if data.wsi_dim != deployment.wsi_dim {
+        let path = patients
+            .iter()
+            .find_map(|&p| slides[p].first().cloned())
+            .unwrap_or_default();
+        return Err(deploy::DeployError::FeatureWidth {
+            path,
+            got: data.wsi_dim,
+            want: deployment.wsi_dim,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `predict --config NEW --run DIR --ensemble folds|final`: the run's models on the new
+/// cohort's cached inputs (its own features, genomics and MRI), its genomic columns put in the
+/// training order, each model's own training scaler; the survival curves averaged over the
+/// models, the risk the models' mean risk (= −Σ of the mean curve), the spread of the risk
+/// over the models, and the risk group at the training cohort's frozen cutoff.
+pub fn run_deployed(
+    config: &Config,
+    run_dir: &Path,
+    ensemble: Ensemble,
+    out: Option<&Path>,
+) -> Result<EnsembleReport, FitError> {
+    let _generator = crate::torch_rng::lock();
+    let deployment = deploy::Deployment::read(run_dir)?;
+    let trained_config_path = run_dir.join("config.yaml");
+    let trained = Config::load(Some(&trained_config_path), &[])
+        .map_err(|e| output_error(&trained_config_path, e))?;
+    // The model and its inputs are the run's; the data paths and the device are the new config's.
+    let mut merged = config.clone();
+    merged.model = trained.model.clone();
+    merged.dataset.modalities = trained.dataset.modalities.clone();
+    let mut data = Dataset::load(&merged)?;
+    let patients: Vec<usize> = (0..data.cohort.len())
+        .filter(|&i| data.missing[i].is_none())
+        .collect();
+    if patients.is_empty() {
+        return Err(FitError::Config(format!(
+            "{}: no patient has every modality the run's models read ({:?})",
+            data.cohort.path.display(),
+            merged.dataset.modalities
+        )));
+    }
+    check_features(&deployment, &data, &patients)?;
+    if let (Some(g), Some(columns)) = (&data.genomics, &deployment.genomics) {
+        let path = merged.cache_dir().join(crate::genomics::OUTPUT);
+        data.genomics = Some(deploy::align_genomics(
+            g,
+            columns,
+            merged.predict.missing_columns,
+            &path,
+        )?);
+    }
+    let models = deployment.ensemble(ensemble.name());
+    if models.is_empty() {
+        return Err(output_error(
+            &run_dir.join(deploy::FILE),
+            match ensemble {
+                Ensemble::Final => "holds no final model: train it with `train.final: true`",
+                Ensemble::Folds => "holds no fold model",
+            },
+        ));
+    }
+    let cutoff = *deployment.cutoffs.get(ensemble.name()).ok_or_else(|| {
+        output_error(
+            &run_dir.join(deploy::FILE),
+            format!("no `{}` risk cutoff", ensemble.name()),
+        )
+    })?;
+    let spec = model_spec(&merged, &data)?;
+    let device = encode::parse_device(&merged.train.device)?;
+    let architecture = merged.model.architecture.name();
+    // Per model, per patient: the model's risk (as fit reports it) and survival curve.
+    let mut curves: Vec<Vec<(f64, [f64; N_BINS])>> = Vec::new();
+    for (k, m) in models.iter().enumerate() {
+        let mut vs = nn::VarStore::new(device);
+        let model = model::build(&vs.root(), spec.clone());
+        load_checkpoint(&mut vs, &run_dir.join(&m.checkpoint), architecture)?;
+        let trainer = Trainer {
+            config: &merged,
+            data: &data,
+            model,
+            names: Vec::new(),
+            params: Vec::new(),
+            device,
+            scaler: m.scaler.clone(),
+        };
+        let seed = mix(&[merged.train.seed, k as u64, 0x454E_5345]);
+        let (preds, _) = trainer.evaluate(&patients, seed)?;
+        curves.push(
+            preds
+                .iter()
+                .map(|p| (p.risk, survival_curve(&p.hazards)))
+                .collect(),
+        );
+    }
+    let n = models.len() as f64;
+    let mut rows = Vec::new();
+    let mut high_risk = 0;
+    for (i, &p) in patients.iter().enumerate() {
+        let mut mean = [0.0; N_BINS];
+        for model in &curves {
+            for (b, s) in model[i].1.iter().enumerate() {
+                mean[b] += s / n;
+            }
+        }
+        // The models' mean risk: −Σ of the mean curve, up to the model's float32 rounding
+        // (one model gives fit's own figure).
+        let risks: Vec<f64> = curves.iter().map(|m| m[i].0).collect();
+        let risk = risks.iter().sum::<f64>() / n;
+        let sd = (risks.iter().map(|r| (r - risk).powi(2)).sum::<f64>() / n).sqrt();
+        // The hazards of the mean curve, so that cumprod(1 − h) gives it back.
+        let mut hazards = [0.0; N_BINS];
+        let mut before = 1.0;
+        for b in 0..N_BINS {
+            hazards[b] = if before > 0.0 {
+                1.0 - mean[b] / before
+            } else {
+                1.0
+            };
+            before = mean[b];
+        }
+        let high = risk >= cutoff;
+        high_risk += usize::from(high);
+        let patient = &data.cohort.patients[p];
+        rows.push(format!(
+            "{},0,{risk},{},{},{},{},{},{},,{},{},{},{},{},{sd},{},{}",
+            patient.case_id,
+            hazards[0],
+            hazards[1],
+            hazards[2],
+            hazards[3],
+            patient.survival_months,
+            u8::from(patient.event()),
+            ensemble.name(),
+            mean[0],
+            mean[1],
+            mean[2],
+            mean[3],
+            if high { "high" } else { "low" },
+            models.len()
+        ));
+    }
+    let dir = out.map_or_else(
+        || {
+            merged
+                .run_dir()
+                .join(format!("predict_{}", ensemble.name()))
+        },
+        Path::to_owned,
+    );
+    std::fs::create_dir_all(&dir).map_err(|e| output_error(&dir, e))?;
+    let output = dir.join("predictions.csv");
+    write_rows(&output, ENSEMBLE_HEADER, &rows)?;
+    Ok(EnsembleReport {
+        run: run_dir.to_owned(),
+        ensemble,
+        models: models.len(),
+        patients: rows.len(),
+        cutoff,
+        high_risk,
+        excluded: data.cohort.len() - patients.len(),
+        output,
+    })
+}
+
+/// S_k = Π_{j ≤ k} (1 − h_j), in float64.
+fn survival_curve(hazards: &[f64; N_BINS]) -> [f64; N_BINS] {
+    let mut s = [0.0; N_BINS];
+    let mut running = 1.0;
+    for (k, h) in hazards.iter().enumerate() {
+        running *= 1.0 - h;
+        s[k] = running;
+    }
+    s
 }

@@ -20,6 +20,7 @@ mod genomics;
 mod gpu;
 mod mri;
 mod parity;
+mod predict;
 mod registries;
 
 mod report;
