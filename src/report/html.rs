@@ -1,5 +1,6 @@
 //! report.html: the Markdown report as one self-contained page (tables styled, the
-//! Kaplan–Meier PNG embedded as a data URI), so it can be mailed or archived as one file.
+//! Kaplan–Meier and calibration PNGs embedded as data URIs), so it can be mailed or archived
+//! as one file.
 
 use base64::Engine;
 use pulldown_cmark::{html, Options, Parser};
@@ -12,15 +13,23 @@ th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem
 th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.75rem;overflow:auto}";
 
 pub fn page(markdown: &str, km_png: Option<&[u8]>) -> String {
+    match km_png {
+        Some(png) => page_with_images(markdown, &[(KM_PNG, png)]),
+        None => page_with_images(markdown, &[]),
+    }
+}
+
+/// The page with each `(file name, PNG bytes)` the Markdown links embedded.
+pub fn page_with_images(markdown: &str, images: &[(&str, &[u8])]) -> String {
     let mut body = String::new();
     let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH;
     html::push_html(&mut body, Parser::new_ext(markdown, options));
-    if let Some(png) = km_png {
+    for (name, png) in images {
         let uri = format!(
             "data:image/png;base64,{}",
             base64::engine::general_purpose::STANDARD.encode(png)
         );
-        body = body.replace(&format!("src=\"{KM_PNG}\""), &format!("src=\"{uri}\""));
+        body = body.replace(&format!("src=\"{name}\""), &format!("src=\"{uri}\""));
     }
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -1,14 +1,19 @@
-//! `hdmoe-pipe report`: C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests from
-//! an out-of-fold predictions table, as CSV, Markdown and a PNG.
+//! `hdmoe-pipe report`: C-index per fold, Kaplan–Meier by risk group, log-rank and t-tests,
+//! survival metrics beside Harrell's C (Uno's C, dynamic AUC, Brier scores, Cox hazard
+//! ratios) and calibration by risk quintile, from an out-of-fold predictions table (or an
+//! external cohort's predictions), as CSV, Markdown, HTML and PNGs.
 //!
 //! A new table: compute it in `tables::analyse` (a polars frame), write it in `run`, render it
 //! in `render_markdown`, and check it against lifelines/scipy values in `tests/it/report.rs`.
 
+pub mod calibration;
 pub mod html;
 pub mod markdown;
+pub mod metrics;
 pub mod plot;
 pub mod predictions;
 pub mod run_info;
+pub mod sources;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -64,6 +69,9 @@ pub const TTEST_CSV: &str = "ttest.csv";
 pub const REPORT_MD: &str = "report.md";
 pub const KM_PNG: &str = "km.png";
 pub const REPORT_HTML: &str = "report.html";
+pub const METRICS_CSV: &str = "metrics.csv";
+pub const CALIBRATION_CSV: &str = "calibration.csv";
+pub const CALIBRATION_PNG: &str = "calibration.png";
 
 impl std::fmt::Display for ReportOutputs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,7 +124,14 @@ pub fn cindex_console_table(path: &Path) -> Option<String> {
 pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, ReportError> {
     let predictions = Predictions::read(&args.predictions)?;
     let best = read_best_by_fold(args)?;
-    let mut analysis = tables::analyse(&predictions, config, best.as_ref())?;
+    let run = run_dir(args);
+    let edges = sources::bin_edges(run.as_deref())?;
+    let covariates = read_covariates(args, config, run.as_deref(), &predictions)?;
+    let extras = tables::Extras {
+        edges: &edges,
+        covariates: covariates.as_ref(),
+    };
+    let mut analysis = tables::analyse(&predictions, config, best.as_ref(), &extras)?;
 
     std::fs::create_dir_all(&args.out).map_err(|e| ReportError::Output {
         path: args.out.clone(),
@@ -128,6 +143,8 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
         (KM_CSV, &mut analysis.km),
         (LOGRANK_CSV, &mut analysis.logrank),
         (TTEST_CSV, &mut analysis.ttest),
+        (METRICS_CSV, &mut analysis.metrics_table),
+        (CALIBRATION_CSV, &mut analysis.calibration_table),
     ] {
         let path = args.out.join(name);
         write_csv(&path, df)?;
@@ -153,30 +170,64 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
         files.push(png.clone());
         true
     };
-    let info = match run_dir(args) {
+    let calibration_png = args.out.join(CALIBRATION_PNG);
+    let calibration_written = match &analysis.calibration {
+        Ok(rows) if !rows.is_empty() => {
+            atomic::write_with(&calibration_png, |temp| {
+                plot::draw_calibration(temp, rows, "t =").map_err(std::io::Error::other)
+            })
+            .map_err(|e| ReportError::Output {
+                path: calibration_png.clone(),
+                message: e.to_string(),
+            })?;
+            files.push(calibration_png.clone());
+            true
+        }
+        _ => false,
+    };
+    // A plot this report has no data for must not survive from an earlier report.
+    for (written, path) in [(png_written, &png), (calibration_written, &calibration_png)] {
+        if !written && path.exists() {
+            std::fs::remove_file(path).map_err(|e| ReportError::Output {
+                path: path.clone(),
+                message: format!("cannot remove the earlier plot: {e}"),
+            })?;
+        }
+    }
+    let info = match &run {
         Some(dir) => Some(run_info::read(
-            &dir,
+            dir,
             args.cache.as_deref().unwrap_or(Path::new("")),
         )?),
         None => None,
     };
     let md = args.out.join(REPORT_MD);
-    let text = render_markdown(&predictions, config, &analysis, png_written, info.as_ref());
+    let plots = Plots {
+        km: png_written,
+        calibration: calibration_written,
+    };
+    let text = render_markdown(&predictions, config, &analysis, plots, info.as_ref());
     atomic::write_bytes(&md, text.as_bytes()).map_err(|e| ReportError::Output {
         path: md.clone(),
         message: e.to_string(),
     })?;
     files.push(md);
     let html_path = args.out.join(REPORT_HTML);
-    let png_bytes = if png_written {
-        Some(std::fs::read(&png).map_err(|e| ReportError::Output {
-            path: png.clone(),
-            message: e.to_string(),
-        })?)
-    } else {
-        None
-    };
-    let page = html::page(&text, png_bytes.as_deref());
+    let mut images = Vec::new();
+    for (written, name, path) in [
+        (png_written, KM_PNG, &png),
+        (calibration_written, CALIBRATION_PNG, &calibration_png),
+    ] {
+        if written {
+            let bytes = std::fs::read(path).map_err(|e| ReportError::Output {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            images.push((name, bytes));
+        }
+    }
+    let images: Vec<(&str, &[u8])> = images.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    let page = html::page_with_images(&text, &images);
     atomic::write_bytes(&html_path, page.as_bytes()).map_err(|e| ReportError::Output {
         path: html_path.clone(),
         message: e.to_string(),
@@ -208,14 +259,48 @@ fn write_csv(path: &Path, df: &mut DataFrame) -> Result<(), ReportError> {
     })
 }
 
-/// `--run`, or the predictions' folder when fit wrote its config.yaml there.
+/// `--run`, or the predictions' folder when fit wrote its config.yaml there, or the folder
+/// above it (`predict` writes to `<run>/predict/` by default).
 fn run_dir(args: &ReportArgs) -> Option<PathBuf> {
     args.run.clone().or_else(|| {
-        args.predictions
-            .parent()
-            .filter(|dir| dir.join("config.yaml").is_file())
+        let folder = args.predictions.parent()?;
+        [Some(folder), folder.parent()]
+            .into_iter()
+            .flatten()
+            .find(|dir| dir.join("config.yaml").is_file())
             .map(Path::to_path_buf)
     })
+}
+
+/// The Cox covariates of `report.cox_covariates`, from `report.covariates_table` or the run's
+/// cohort table; refused before anything is written when there is no table or a column is
+/// missing or not numeric.
+fn read_covariates(
+    args: &ReportArgs,
+    config: &ReportConfig,
+    run: Option<&Path>,
+    p: &Predictions,
+) -> Result<Option<sources::Covariates>, ReportError> {
+    if config.cox_covariates.is_empty() {
+        return Ok(None);
+    }
+    let table = match &config.covariates_table {
+        Some(table) => Some(table.clone()),
+        None => match run {
+            Some(run) => sources::run_cohort(run)?,
+            None => None,
+        },
+    };
+    let Some(table) = table else {
+        return Err(ReportError::Input {
+            path: args.predictions.clone(),
+            message: format!(
+                "`report.cox_covariates` names {:?} but there is no table to read them from:                  set `report.covariates_table`, or give `--run` with a config.yaml that names                  `paths.cohort`",
+                config.cox_covariates
+            ),
+        });
+    };
+    sources::read_covariates(&table, &config.cox_covariates, &p.case_id).map(Some)
 }
 
 /// Per-fold best-epoch C-index from an explicit `--summary`, or from a `summary.csv` beside the
@@ -251,21 +336,32 @@ fn read_best_by_fold(args: &ReportArgs) -> Result<Option<BTreeMap<i64, f64>>, Re
     Ok(Some(by_fold))
 }
 
+/// Which PNGs were written (the Markdown links only those).
+#[derive(Debug, Clone, Copy)]
+struct Plots {
+    km: bool,
+    calibration: bool,
+}
+
 fn render_markdown(
     p: &Predictions,
     config: &ReportConfig,
     a: &Analysis,
-    png_written: bool,
+    plots: Plots,
     info: Option<&run_info::RunInfo>,
 ) -> String {
     let events = p.event.iter().filter(|&&e| e).count();
     let mut md = String::from("# Survival report\n\n");
+    let folds = if p.single_cohort {
+        "one cohort predicted as a whole, no folds".to_owned()
+    } else {
+        format!("{} folds", p.by_fold().len())
+    };
     md.push_str(&format!(
-        "Predictions: `{}` ({} patients, {} events, {} folds).\n\n",
+        "Predictions: `{}` ({} patients, {} events, {folds}).\n\n",
         p.path.display(),
         p.len(),
         events,
-        p.by_fold().len()
     ));
     md.push_str("## C-index per fold\n\n");
     md.push_str(
@@ -298,15 +394,26 @@ fn render_markdown(
         md.push_str("\n\n");
     }
     md.push_str(&markdown::table(&a.cindex));
-    md.push_str(&format!(
-        "\n## Risk groups\n\nHigh risk iff risk ≥ {} (the {} of all out-of-fold risks): \
-         {} high, {} low.\n\n",
-        markdown::format_number(a.split.threshold),
-        format!("{:?}", config.risk_split).to_lowercase(),
-        a.split.n_high(),
-        a.split.n_low()
-    ));
-    if png_written {
+    md.push_str("\n## Risk groups\n\n");
+    match (a.split.source, a.split.threshold) {
+        (tables::SplitSource::Rule(rule), Some(threshold)) => md.push_str(&format!(
+            "High risk iff risk ≥ {} (the {} of all out-of-fold risks): {} high, {} low.\n\n",
+            markdown::format_number(threshold),
+            format!("{rule:?}").to_lowercase(),
+            a.split.n_high(),
+            a.split.n_low()
+        )),
+        _ => md.push_str(&format!(
+            "Split at the training cohort's cutoff (the predictions' `risk_group` column, \
+             frozen when the model was trained; not this cohort's own {}): {} high, {} low. \
+             The Kaplan–Meier curves, the log-rank test and the Cox hazard ratios use this \
+             split.\n\n",
+            format!("{:?}", config.risk_split).to_lowercase(),
+            a.split.n_high(),
+            a.split.n_low()
+        )),
+    }
+    if plots.km {
         md.push_str(&format!(
             "![Kaplan–Meier curves by risk group]({KM_PNG})\n\n"
         ));
@@ -318,6 +425,8 @@ fn render_markdown(
          Patients split at the median observed survival time (events and censorings alike).\n\n",
     );
     md.push_str(&markdown::table(&a.ttest));
+    md.push_str(&render_metrics(a, config));
+    md.push_str(&render_calibration(a, plots.calibration));
     if !a.notes.is_empty() {
         md.push_str("\n## Not computable\n\n");
         for note in &a.notes {
@@ -332,6 +441,113 @@ fn render_markdown(
     md.push_str(&markdown::table(&a.km));
     if let Some(info) = info {
         md.push_str(&render_run(info));
+    }
+    md
+}
+
+fn times_text(times: &[f64]) -> String {
+    let shown: Vec<String> = times.iter().map(|&t| markdown::format_number(t)).collect();
+    shown.join(", ")
+}
+
+fn render_metrics(a: &Analysis, config: &ReportConfig) -> String {
+    let m = &a.metrics;
+    let mut md = String::from("\n## Survival metrics\n\n");
+    md.push_str(
+        "On the pooled predictions (`metrics.csv`), as scikit-survival 0.28 and lifelines 0.30 \
+         compute them. The censoring distribution of Uno's C, the AUC and the Brier scores is \
+         the Kaplan–Meier estimate of the censoring times of the same patients \
+         (`survival_train` = `survival_test`). ",
+    );
+    md.push_str(&match config.ipcw_tau {
+        Some(tau) => format!(
+            "Uno's C weighs the pairs whose event is before tau = {} (`report.ipcw_tau`). ",
+            markdown::format_number(tau)
+        ),
+        None => "Uno's C: tau unset, every comparable pair weighs. ".to_owned(),
+    });
+    let rule = if m.times_from_config {
+        "`report.metric_times`"
+    } else {
+        "the 25th, 50th and 75th percentiles of the event times, numpy's linear quantile"
+    };
+    md.push_str(&format!(
+        "The cumulative/dynamic AUC of the risk and the Brier score are at t = {} ({rule}); \
+         the mean AUC weighs each time by the Kaplan–Meier drop before it. ",
+        times_text(&m.times)
+    ));
+    if !m.ibs_grid.is_empty() {
+        md.push_str(&format!(
+            "The integrated Brier score is the trapezoid rule over {} points from {} to {} \
+             (np.linspace between the {}th and {}th percentiles of the event times), divided \
+             by that range. ",
+            m.ibs_grid.len(),
+            markdown::format_number(m.ibs_grid[0]),
+            markdown::format_number(m.ibs_grid[m.ibs_grid.len() - 1]),
+            metrics::IBS_PERCENTILES.0,
+            metrics::IBS_PERCENTILES.1,
+        ));
+    }
+    match &m.edges {
+        Ok(edges) => md.push_str(&format!(
+            "Predicted survival: S_k = ∏_{{j≤k}} (1 − h_j) from the hazards; at time t it is \
+             S_k of the bin [e_k, e_{{k+1}}) that holds t (the probability of surviving through \
+             that bin; times outside the edges take the first or last bin), with the model's \
+             edges {} from {}. ",
+            times_text(&edges.edges),
+            edges.source
+        )),
+        Err(why) => md.push_str(&format!("No Brier scores: {why}. ")),
+    }
+    md.push_str(
+        "A value that is undefined on these data is left empty, with the reason beside it.\n\n",
+    );
+    match metrics::markdown_frames(&m.rows) {
+        Ok((scores, hazards)) => {
+            md.push_str(&markdown::table(&scores));
+            md.push_str(&format!(
+                "\n### Cox hazard ratio of the high-risk group\n\nCox proportional hazards \
+                 (lifelines `CoxPHFitter()`: Efron ties, no penalty), the risk group \
+                 (high = 1) as the only covariate{}; hazard ratio per unit, {:.0} % Wald \
+                 interval, Wald p.\n\n",
+                if config.cox_covariates.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", then adjusted for {} (`report.cox_covariates`) on the patients with \
+                         every value",
+                        config.cox_covariates.join(", ")
+                    )
+                },
+                config.ci_level * 100.0
+            ));
+            md.push_str(&markdown::table(&hazards));
+        }
+        Err(e) => md.push_str(&format!("(cannot lay out the metrics: {e})\n")),
+    }
+    md
+}
+
+fn render_calibration(a: &Analysis, plot: bool) -> String {
+    let mut md = String::from("\n## Calibration by risk quintile\n\n");
+    match &a.calibration {
+        Err(why) => md.push_str(&format!("Not computable: {why}.\n")),
+        Ok(_) => {
+            md.push_str(
+                "Quintiles of the risk (cut at np.quantile(risk, [.2, .4, .6, .8]); 1 = lowest \
+                 risk, ties at a cut go up). At each bin edge e_k up to the longest observed \
+                 time: `predicted` is the quintile's mean S_{k−1}, the model's probability of no \
+                 event before e_k; `observed` is the quintile's Kaplan–Meier survival just \
+                 before e_k with its exponential-Greenwood interval; `at_risk` counts those \
+                 still followed at e_k (`calibration.csv`).\n\n",
+            );
+            if plot {
+                md.push_str(&format!(
+                    "![Calibration: predicted vs Kaplan–Meier survival]({CALIBRATION_PNG})\n\n"
+                ));
+            }
+            md.push_str(&markdown::table(&a.calibration_table));
+        }
     }
     md
 }

@@ -1,11 +1,13 @@
 //! `km.png`: Kaplan–Meier step curves per risk group with confidence bands, censoring ticks,
-//! the log-rank p in the legend and a number-at-risk row under the axis.
+//! the log-rank p in the legend and a number-at-risk row under the axis. `calibration.png`:
+//! predicted against Kaplan–Meier survival per risk quintile, one series per bin edge.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::calibration::CalibrationRow;
 use crate::survival::KaplanMeier;
 
 const WIDTH: u32 = 1000;
@@ -181,6 +183,93 @@ pub fn draw(
                 .map_err(|x| e(&x))?;
         }
     }
+    root.present().map_err(|x| e(&x))
+}
+
+/// Colours of the calibration series, one per bin edge.
+const EDGE_COLOURS: [RGBColor; 4] = [
+    RGBColor(30, 90, 200),
+    RGBColor(20, 150, 90),
+    RGBColor(230, 140, 20),
+    RGBColor(200, 40, 40),
+];
+
+/// Mean predicted survival (x) against the quintile's Kaplan–Meier survival (y) with its
+/// interval as a vertical bar, quintiles joined in order, one colour per edge; the diagonal is
+/// perfect calibration.
+pub fn draw_calibration(
+    path: &Path,
+    rows: &[CalibrationRow],
+    time_label: &str,
+) -> Result<(), String> {
+    let e = |err: &dyn std::fmt::Display| err.to_string();
+    let root = BitMapBackend::new(path, (800, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Calibration: predicted vs Kaplan–Meier survival by risk quintile",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("Mean predicted survival")
+        .y_desc("Kaplan–Meier survival")
+        .axis_desc_style(("sans-serif", 18))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (1.0, 1.0)],
+            RGBColor(150, 150, 150).stroke_width(1),
+        ))
+        .map_err(|x| e(&x))?;
+    let edges: std::collections::BTreeMap<usize, f64> =
+        rows.iter().map(|r| (r.edge, r.time)).collect();
+    for (n, (&edge, &time)) in edges.iter().enumerate() {
+        let colour = EDGE_COLOURS[n % EDGE_COLOURS.len()];
+        let points: Vec<&CalibrationRow> = rows.iter().filter(|r| r.edge == edge).collect();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|r| (r.predicted, r.observed)),
+                colour.stroke_width(1),
+            ))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(points.iter().map(|r| {
+                PathElement::new(
+                    vec![(r.predicted, r.ci_lower), (r.predicted, r.ci_upper)],
+                    colour.mix(0.6).stroke_width(2),
+                )
+            }))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|r| Circle::new((r.predicted, r.observed), 5, colour.filled())),
+            )
+            .map_err(|x| e(&x))?
+            .label(format!(
+                "{time_label} {} (edge {edge})",
+                super::markdown::format_number(time)
+            ))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))
 }
 

@@ -6,9 +6,17 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use super::ReportError;
+use crate::survival::N_BINS;
 
 /// Columns the report needs; any others are ignored.
 pub const REQUIRED_COLUMNS: [&str; 5] = ["case_id", "fold", "risk", "survival_months", "event"];
+
+/// The model's discrete hazards (fit's and predict's); optional, needed for the Brier scores
+/// and the calibration table.
+pub const HAZARD_COLUMNS: [&str; N_BINS] = ["hazard_0", "hazard_1", "hazard_2", "hazard_3"];
+
+/// `high` / `low` at the training cohort's frozen cutoff (predict writes it); optional.
+pub const RISK_GROUP_COLUMN: &str = "risk_group";
 
 /// One row per patient, predicted on the fold where it was held out.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +29,13 @@ pub struct Predictions {
     pub event: Vec<bool>,
     /// `fit`'s model-selection rule (`last`, `best`, `nested`), when the table says.
     pub selection: Option<String>,
+    /// True when every `fold` cell is blank: one cohort predicted as a whole (`predict`
+    /// without `--fold`, e.g. an external cohort); `fold` is then 0 for every row.
+    pub single_cohort: bool,
+    /// `hazard_0..hazard_3` per patient, when the table has them.
+    pub hazards: Option<Vec<[f64; N_BINS]>>,
+    /// The `risk_group` column (true = `high`), when the table has it.
+    pub risk_group: Option<Vec<bool>>,
 }
 
 impl Predictions {
@@ -30,6 +45,25 @@ impl Predictions {
 
     pub fn is_empty(&self) -> bool {
         self.case_id.is_empty()
+    }
+
+    /// The predicted discrete survival curves, S_k = prod_{j<=k} (1 - h_j), when the table has
+    /// hazards.
+    pub fn survival_curves(&self) -> Option<Vec<[f64; N_BINS]>> {
+        self.hazards.as_ref().map(|hazards| {
+            hazards
+                .iter()
+                .map(|h| {
+                    let mut curve = [0.0; N_BINS];
+                    let mut s = 1.0;
+                    for (k, &hk) in h.iter().enumerate() {
+                        s *= 1.0 - hk;
+                        curve[k] = s;
+                    }
+                    curve
+                })
+                .collect()
+        })
     }
 
     /// Row positions per fold, folds in increasing order.
@@ -64,7 +98,12 @@ impl Predictions {
             }
         }
         let case_id = strings(path, &df, "case_id")?;
-        let fold = integers(path, &df, "fold")?;
+        let single_cohort = all_blank(&df, "fold");
+        let fold = if single_cohort {
+            vec![0; df.height()]
+        } else {
+            integers(path, &df, "fold")?
+        };
         let risk = floats(path, &df, "risk")?;
         let time = floats(path, &df, "survival_months")?;
         let event = integers(path, &df, "event")?;
@@ -112,6 +151,26 @@ impl Predictions {
         } else {
             None
         };
+        let has = |name: &str| names.iter().any(|n| n == name);
+        let hazards = match HAZARD_COLUMNS.iter().filter(|c| has(c)).count() {
+            0 => None,
+            N_BINS => Some(hazards(path, &df)?),
+            _ => {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "has some but not all of the hazard columns {} (found: {})",
+                        HAZARD_COLUMNS.join(", "),
+                        names.join(", ")
+                    ),
+                ))
+            }
+        };
+        let risk_group = if has(RISK_GROUP_COLUMN) {
+            Some(risk_groups(path, &df)?)
+        } else {
+            None
+        };
         Ok(Self {
             path: path.to_owned(),
             case_id,
@@ -120,8 +179,56 @@ impl Predictions {
             time,
             event,
             selection,
+            single_cohort,
+            hazards,
+            risk_group,
         })
     }
+}
+
+/// True when the column exists and every cell is blank (read as null).
+fn all_blank(df: &DataFrame, name: &str) -> bool {
+    df.column(name)
+        .is_ok_and(|c| c.null_count() == c.len() && !c.is_empty())
+}
+
+/// hazard_0..hazard_3 as per-patient arrays, each a probability in [0, 1].
+fn hazards(path: &Path, df: &DataFrame) -> Result<Vec<[f64; N_BINS]>, ReportError> {
+    let columns = HAZARD_COLUMNS
+        .iter()
+        .map(|name| floats(path, df, name))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (name, column) in HAZARD_COLUMNS.iter().zip(&columns) {
+        if let Some(row) = column.iter().position(|h| !(0.0..=1.0).contains(h)) {
+            return Err(at_row(
+                path,
+                row,
+                name,
+                &format!("{} is not a probability in [0, 1]", column[row]),
+            ));
+        }
+    }
+    Ok((0..df.height())
+        .map(|i| std::array::from_fn(|k| columns[k][i]))
+        .collect())
+}
+
+/// `risk_group`: `high` or `low` (case and surrounding spaces ignored).
+fn risk_groups(path: &Path, df: &DataFrame) -> Result<Vec<bool>, ReportError> {
+    strings(path, df, RISK_GROUP_COLUMN)?
+        .iter()
+        .enumerate()
+        .map(|(row, v)| match v.trim().to_ascii_lowercase().as_str() {
+            "high" => Ok(true),
+            "low" => Ok(false),
+            _ => Err(at_row(
+                path,
+                row,
+                RISK_GROUP_COLUMN,
+                &format!("{v:?} is neither `high` nor `low`"),
+            )),
+        })
+        .collect()
 }
 
 pub(crate) fn invalid(path: &Path, message: String) -> ReportError {

@@ -4,12 +4,78 @@ use std::collections::BTreeMap;
 
 use polars::prelude::*;
 
+use super::calibration::{self, CalibrationRow};
+use super::metrics::{self, Metrics};
 use super::predictions::Predictions;
+use super::sources::{BinEdges, Covariates};
 use crate::config::{ReportConfig, TTestKind};
 use crate::survival::{
     self, concordance_index, kaplan_meier, logrank_test, risk_split, welch_student_ttests,
-    KaplanMeier, RiskSplit, TTestPair,
+    KaplanMeier, RiskSplitRule, TTestPair,
 };
+
+/// Where the high/low split comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitSource {
+    /// The report's own rule over the pooled risks (`report.risk_split`).
+    Rule(RiskSplitRule),
+    /// The predictions' `risk_group` column: the training cohort's frozen cutoff.
+    TrainingCutoff,
+}
+
+impl SplitSource {
+    /// As logrank.csv's `risk_split` column says it.
+    pub fn name(self) -> String {
+        match self {
+            Self::Rule(rule) => format!("{rule:?}").to_lowercase(),
+            Self::TrainingCutoff => "training_cutoff".to_owned(),
+        }
+    }
+}
+
+/// The high- and low-risk groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Groups {
+    pub high: Vec<bool>,
+    /// The risk threshold (high iff risk ≥ it); `None` for the training cutoff, which the
+    /// predictions carry as groups only.
+    pub threshold: Option<f64>,
+    pub source: SplitSource,
+}
+
+impl Groups {
+    pub fn n_high(&self) -> usize {
+        self.high.iter().filter(|&&h| h).count()
+    }
+
+    pub fn n_low(&self) -> usize {
+        self.high.len() - self.n_high()
+    }
+}
+
+/// The `risk_group` column when the predictions have one, else `rule` over the risks.
+pub fn groups(p: &Predictions, rule: RiskSplitRule) -> PolarsResult<Groups> {
+    if let Some(high) = &p.risk_group {
+        return Ok(Groups {
+            high: high.clone(),
+            threshold: None,
+            source: SplitSource::TrainingCutoff,
+        });
+    }
+    let split = risk_split(&p.risk, rule)
+        .map_err(|e| PolarsError::ComputeError(format!("risk split: {e}").into()))?;
+    Ok(Groups {
+        high: split.high,
+        threshold: Some(split.threshold),
+        source: SplitSource::Rule(rule),
+    })
+}
+
+/// Inputs beyond the predictions: the model's bin edges and the Cox covariates.
+pub struct Extras<'a> {
+    pub edges: &'a Result<BinEdges, String>,
+    pub covariates: Option<&'a Covariates>,
+}
 
 /// Everything the report shows, computed once.
 pub struct Analysis {
@@ -17,7 +83,13 @@ pub struct Analysis {
     pub km: DataFrame,
     pub logrank: DataFrame,
     pub ttest: DataFrame,
-    pub split: RiskSplit,
+    pub split: Groups,
+    /// metrics.csv and its rules.
+    pub metrics: Metrics,
+    pub metrics_table: DataFrame,
+    /// calibration.csv, or why there is none.
+    pub calibration: Result<Vec<CalibrationRow>, String>,
+    pub calibration_table: DataFrame,
     /// (label, curve) for the high- and low-risk groups that have patients.
     pub curves: Vec<(String, KaplanMeier)>,
     pub logrank_p: Option<f64>,
@@ -54,12 +126,12 @@ pub fn analyse(
     p: &Predictions,
     config: &ReportConfig,
     best_by_fold: Option<&BTreeMap<i64, f64>>,
+    extras: &Extras,
 ) -> PolarsResult<Analysis> {
     let mut notes = Vec::new();
     let (cindex, cindex_mean, cindex_best_mean) = cindex_table(p, best_by_fold, &mut notes)?;
 
-    let split = risk_split(&p.risk, config.risk_split)
-        .map_err(|e| PolarsError::ComputeError(format!("risk split: {e}").into()))?;
+    let split = groups(p, config.risk_split)?;
     let group = |high: bool| -> (Vec<f64>, Vec<bool>) {
         (0..p.len())
             .filter(|&i| split.high[i] == high)
@@ -95,10 +167,7 @@ pub fn analyse(
     let lr = logrank.as_ref().ok();
     let logrank_df = frame(vec![
         col("comparison", ["high vs low risk"]),
-        col(
-            "risk_split",
-            [format!("{:?}", config.risk_split).to_lowercase()],
-        ),
+        col("risk_split", [split.source.name()]),
         col("threshold", [split.threshold]),
         col("n_high", [split.n_high() as i64]),
         col("n_low", [split.n_low() as i64]),
@@ -114,11 +183,30 @@ pub fn analyse(
     ])?;
 
     let ttest = ttest_table(p, config.ttest, &mut notes)?;
+    let metrics = metrics::compute(
+        &metrics::Inputs {
+            predictions: p,
+            high: &split.high,
+            edges: extras.edges,
+            covariates: extras.covariates,
+        },
+        config,
+    );
+    let metrics_table = metrics::frame(&metrics.rows)?;
+    let calibration = match extras.edges {
+        Ok(edges) => calibration::calibration(p, &edges.edges, config.ci_level),
+        Err(why) => Err(why.clone()),
+    };
+    let calibration_table = calibration::frame(calibration.as_deref().unwrap_or_default())?;
     Ok(Analysis {
         cindex,
         km,
         logrank: logrank_df,
         ttest,
+        metrics,
+        metrics_table,
+        calibration,
+        calibration_table,
         logrank_p: lr.map(|r| r.p_value),
         split,
         curves,
@@ -151,7 +239,12 @@ fn cindex_table(
             notes.push(format!("C-index, fold {fold}: {e}"));
         }
         let r = result.ok();
-        fold_label.push(fold.to_string());
+        // A cohort predicted as a whole has no folds.
+        fold_label.push(if p.single_cohort {
+            "all".to_owned()
+        } else {
+            fold.to_string()
+        });
         n.push(Some(rows.len() as i64));
         events.push(Some(event.iter().filter(|&&e| e).count() as i64));
         c.push(r.map(|r| r.c_index));

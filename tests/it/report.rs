@@ -244,3 +244,747 @@ fn degenerate_inputs_still_give_a_report_with_notes() {
     let md = std::fs::read_to_string(args.out.join("report.md")).unwrap();
     assert!(md.contains("## Not computable"), "{md}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Survival metrics, the training cutoff and calibration (issue #18, parts 3 and 4).
+
+use hdmoe_pipe::survival::{cox_ph, kaplan_meier, logrank_test, N_BINS};
+use serde_json::Value;
+
+/// One table of fixtures/survival/metrics/ (scikit-survival 0.28 / lifelines 0.30 values).
+struct MetricsTable {
+    name: String,
+    json: Value,
+    time: Vec<f64>,
+    event: Vec<bool>,
+    risk: Vec<f64>,
+}
+
+const METRICS_TABLES: [&str; 4] = ["rossi", "lung", "gbsg2", "breast_cancer_gse7390"];
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn metrics_table(name: &str) -> MetricsTable {
+    let path = common::fixture(&format!("survival/metrics/{name}.json"));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    MetricsTable {
+        name: name.to_owned(),
+        time: floats(&json["time"]),
+        event: json["event"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_bool().unwrap())
+            .collect(),
+        risk: floats(&json["risk"]),
+        json,
+    }
+}
+
+/// The script's hazards: h_k = sigmoid(a_k + b_k z), z the risk standardised (ddof 0).
+fn hazards(t: &MetricsTable) -> Vec<[f64; N_BINS]> {
+    let (a, b) = (
+        floats(&t.json["curves"]["a"]),
+        floats(&t.json["curves"]["b"]),
+    );
+    let n = t.risk.len() as f64;
+    let mean = t.risk.iter().sum::<f64>() / n;
+    let std = (t.risk.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    t.risk
+        .iter()
+        .map(|r| {
+            let z = (r - mean) / std;
+            std::array::from_fn(|k| 1.0 / (1.0 + (-(a[k] + b[k] * z)).exp()))
+        })
+        .collect()
+}
+
+/// Named columns of the fixture CSV for the JSON's rows (the script's `dropna` over the
+/// columns it uses).
+fn fixture_columns(t: &MetricsTable, columns: &[String]) -> Vec<Vec<f64>> {
+    let input = &t.json["input"];
+    let file = common::fixture(&format!("survival/{}", input["file"].as_str().unwrap()));
+    let mut used = vec![
+        input["time_column"].as_str().unwrap().to_owned(),
+        input["event_column"].as_str().unwrap().to_owned(),
+    ];
+    for pair in input["risk_coefficients"].as_array().unwrap() {
+        used.push(pair[0].as_str().unwrap().to_owned());
+    }
+    used.extend(columns.iter().cloned());
+    let mut reader = csv::Reader::from_path(&file).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let index = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let mut out = vec![Vec::new(); columns.len()];
+    let mut time = Vec::new();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let parse = |name: &str| record[index(name)].trim().parse::<f64>().ok();
+        if used.iter().any(|c| parse(c).is_none()) {
+            continue;
+        }
+        time.push(parse(&used[0]).unwrap());
+        for (k, c) in columns.iter().enumerate() {
+            out[k].push(parse(c).unwrap());
+        }
+    }
+    assert_eq!(time, t.time, "{}: CSV rows", t.name);
+    out
+}
+
+/// predictions.csv with hazards; `fold` blank for a cohort predicted as a whole, and an
+/// optional `risk_group` column.
+fn metrics_predictions(
+    t: &MetricsTable,
+    dir: &Path,
+    folds: bool,
+    risk_group: Option<&[bool]>,
+) -> PathBuf {
+    let path = dir.join(format!("{}_predictions.csv", t.name));
+    let mut text =
+        String::from("case_id,fold,risk,hazard_0,hazard_1,hazard_2,hazard_3,survival_months,event");
+    if risk_group.is_some() {
+        text.push_str(",risk_group");
+    }
+    text.push('\n');
+    for (i, h) in hazards(t).iter().enumerate() {
+        let fold = if folds {
+            (i % 5).to_string()
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "p{i},{fold},{},{},{},{},{},{},{}",
+            t.risk[i],
+            h[0],
+            h[1],
+            h[2],
+            h[3],
+            t.time[i],
+            u8::from(t.event[i])
+        ));
+        if let Some(groups) = risk_group {
+            text.push_str(if groups[i] { ",high" } else { ",low" });
+        }
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An MCAT-style cohort table of the same patients with the covariate columns, and a run
+/// folder whose config.yaml names it (as fit writes it).
+fn run_with_cohort(t: &MetricsTable, dir: &Path, covariates: &[String]) -> PathBuf {
+    let values = fixture_columns(t, covariates);
+    let cohort = dir.join("cohort.csv");
+    let mut text = format!(
+        "case_id,survival_months,censorship,{}\n",
+        covariates.join(",")
+    );
+    for i in 0..t.time.len() {
+        let cells: Vec<String> = values.iter().map(|c| c[i].to_string()).collect();
+        text.push_str(&format!(
+            "p{i},{},{},{}\n",
+            t.time[i],
+            u8::from(!t.event[i]),
+            cells.join(",")
+        ));
+    }
+    std::fs::write(&cohort, text).unwrap();
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("config.yaml"),
+        format!("paths:\n  cohort: {}\n", cohort.display()),
+    )
+    .unwrap();
+    run
+}
+
+/// metrics.csv rows of `metric` (and `term` when given).
+fn metric_rows(
+    h: &[String],
+    rows: &[Vec<String>],
+    metric: &str,
+    term: Option<&str>,
+) -> Vec<Vec<String>> {
+    rows.iter()
+        .filter(|r| cell(h, r, "metric") == metric && term.is_none_or(|t| cell(h, r, "term") == t))
+        .cloned()
+        .collect()
+}
+
+/// The value of a row, or its note when scikit-survival raised: then the note must say the
+/// same thing.
+fn check_value(h: &[String], row: &[String], want: Result<f64, &str>, what: &str) {
+    match want {
+        Ok(want) => assert_close(num(h, row, "value"), want, what),
+        Err(sksurv) => {
+            assert_eq!(cell(h, row, "value"), "", "{what}: no value");
+            let note = cell(h, row, "note");
+            assert!(
+                sksurv.contains("censoring survival function is zero")
+                    && note.contains("censoring survival function is 0"),
+                "{what}: we say {note:?}, scikit-survival said {sksurv:?}"
+            );
+        }
+    }
+}
+
+fn value_or_error<'a>(v: &'a Value, key: &str) -> Result<f64, &'a str> {
+    match v["error"].as_str() {
+        Some(e) => Err(e),
+        None => Ok(v[key].as_f64().unwrap()),
+    }
+}
+
+fn check_cox(h: &[String], rows: &[Vec<String>], metric: &str, want: &Value, what: &str) {
+    let terms: Vec<String> = want["covariates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let got = metric_rows(h, rows, metric, None);
+    assert_eq!(got.len(), terms.len(), "{what}: one row per term");
+    for (j, (row, term)) in got.iter().zip(&terms).enumerate() {
+        assert_eq!(cell(h, row, "term"), term, "{what}");
+        for (column, key) in [
+            ("value", "hazard_ratio"),
+            ("ci_lower", "hr_ci_lower"),
+            ("ci_upper", "hr_ci_upper"),
+            ("p_value", "p_value"),
+        ] {
+            assert_close(
+                num(h, row, column),
+                want[key][j].as_f64().unwrap(),
+                &format!("{what} {term} {column}"),
+            );
+        }
+    }
+}
+
+fn metrics_config(covariates: &[String], tau: Option<f64>) -> ReportConfig {
+    ReportConfig {
+        cox_covariates: covariates.to_vec(),
+        ipcw_tau: tau,
+        ..ReportConfig::default()
+    }
+}
+
+#[test]
+fn survival_metrics_reproduce_scikit_survival_and_lifelines() {
+    for name in METRICS_TABLES {
+        let t = metrics_table(name);
+        let dir = tempfile::tempdir().unwrap();
+        let adjusted: Vec<String> = t.json["cox"]["adjusted"]["covariates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        let run = run_with_cohort(&t, dir.path(), &adjusted);
+        let args = ReportArgs {
+            predictions: metrics_predictions(&t, dir.path(), true, None),
+            out: dir.path().join("report"),
+            summary: None,
+            run: Some(run),
+            cache: None,
+        };
+        // The defaults are the reference's rules: survival_train = survival_test, tau unset,
+        // the AUC/Brier times at the event-time quartiles, the script's IBS grid.
+        report::run(&args, &metrics_config(&adjusted, None)).unwrap();
+        let (h, rows) = read_table(&args.out.join("metrics.csv"));
+        assert_eq!(
+            h,
+            [
+                "metric", "term", "time", "value", "ci_lower", "ci_upper", "p_value", "n",
+                "events", "excluded", "note"
+            ]
+        );
+        let uno = metric_rows(&h, &rows, "uno_c", None);
+        check_value(
+            &h,
+            &uno[0],
+            value_or_error(&t.json["cindex_ipcw"]["tau_none"], "cindex"),
+            &format!("{name} Uno"),
+        );
+        assert_eq!(cell(&h, &uno[0], "time"), "", "{name}: tau unset");
+
+        let want = &t.json["cumulative_dynamic_auc"];
+        let times = floats(&want["times"]);
+        let auc = metric_rows(&h, &rows, "auc", None);
+        assert_eq!(auc.len(), times.len(), "{name}");
+        for (k, row) in auc.iter().enumerate() {
+            assert_close(num(&h, row, "time"), times[k], &format!("{name} AUC time"));
+            let value = match want["risk"]["error"].as_str() {
+                Some(e) => Err(e),
+                None => Ok(want["risk"]["auc"][k].as_f64().unwrap()),
+            };
+            check_value(&h, row, value, &format!("{name} AUC {k}"));
+        }
+        check_value(
+            &h,
+            &metric_rows(&h, &rows, "mean_auc", None)[0],
+            value_or_error(&want["risk"], "mean_auc"),
+            &format!("{name} mean AUC"),
+        );
+
+        let brier = metric_rows(&h, &rows, "brier", None);
+        let want = floats(&t.json["brier_score"]["brier_scores"]);
+        assert_eq!(brier.len(), want.len(), "{name}");
+        for (k, row) in brier.iter().enumerate() {
+            assert_close(
+                num(&h, row, "time"),
+                times[k],
+                &format!("{name} Brier time"),
+            );
+            assert_close(num(&h, row, "value"), want[k], &format!("{name} Brier {k}"));
+        }
+        assert_close(
+            num(&h, &metric_rows(&h, &rows, "ibs", None)[0], "value"),
+            t.json["integrated_brier_score"]["ibs"].as_f64().unwrap(),
+            &format!("{name} IBS"),
+        );
+
+        check_cox(&h, &rows, "cox_hr", &t.json["cox"]["group"], name);
+        check_cox(
+            &h,
+            &rows,
+            "cox_hr_adjusted",
+            &t.json["cox"]["adjusted"],
+            name,
+        );
+        let adjusted_row = &metric_rows(&h, &rows, "cox_hr_adjusted", Some("high"))[0];
+        assert_eq!(num(&h, adjusted_row, "excluded"), 0.0, "{name}");
+        assert_eq!(num(&h, adjusted_row, "n"), t.time.len() as f64, "{name}");
+
+        // Harrell's C of the pooled predictions sits beside them.
+        let harrell = hdmoe_pipe::survival::concordance_index(&t.time, &t.event, &t.risk)
+            .unwrap()
+            .c_index;
+        assert_eq!(
+            num(&h, &metric_rows(&h, &rows, "harrell_c", None)[0], "value"),
+            harrell
+        );
+
+        let md = std::fs::read_to_string(args.out.join("report.md")).unwrap();
+        assert!(
+            md.contains("## Survival metrics")
+                && md.contains("### Cox hazard ratio of the high-risk group")
+                && md.contains("quartile edges of the run's cohort table"),
+            "{name}: {md}"
+        );
+        let html = std::fs::read_to_string(args.out.join("report.html")).unwrap();
+        assert!(html.contains("<h2>Survival metrics</h2>"), "{name}");
+
+        // With the reference's tau.
+        let tau = t.json["cindex_ipcw"]["tau"].as_f64().unwrap();
+        report::run(&args, &metrics_config(&[], Some(tau))).unwrap();
+        let (h, rows) = read_table(&args.out.join("metrics.csv"));
+        let uno = &metric_rows(&h, &rows, "uno_c", None)[0];
+        assert_close(num(&h, uno, "time"), tau, name);
+        check_value(
+            &h,
+            uno,
+            value_or_error(&t.json["cindex_ipcw"]["with_tau"], "cindex"),
+            &format!("{name} Uno with tau"),
+        );
+        assert!(metric_rows(&h, &rows, "cox_hr_adjusted", None).is_empty());
+    }
+}
+
+#[test]
+fn metric_times_from_the_config_and_undefined_rows_say_why() {
+    let t = metrics_table("lung");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let edges = floats(&t.json["curves"]["bin_edges"]);
+    std::fs::write(
+        run.join("deploy.json"),
+        format!("{{\"time_bin_edges\": {edges:?}}}"),
+    )
+    .unwrap();
+    let args = ReportArgs {
+        predictions: metrics_predictions(&t, dir.path(), true, None),
+        out: dir.path().join("report"),
+        summary: None,
+        run: Some(run.clone()),
+        cache: None,
+    };
+    // The reference's AUC times and one beyond the follow-up (max 1022).
+    let mut times = floats(&t.json["cumulative_dynamic_auc"]["times"]);
+    times.push(2000.0);
+    let config = ReportConfig {
+        metric_times: Some(times),
+        ..ReportConfig::default()
+    };
+    report::run(&args, &config).unwrap();
+    let (h, rows) = read_table(&args.out.join("metrics.csv"));
+    let auc = metric_rows(&h, &rows, "auc", None);
+    let brier = metric_rows(&h, &rows, "brier", None);
+    assert_eq!((auc.len(), brier.len()), (4, 4));
+    let want_auc = floats(&t.json["cumulative_dynamic_auc"]["risk"]["auc"]);
+    let want_brier = floats(&t.json["brier_score"]["brier_scores"]);
+    for k in 0..3 {
+        assert_close(num(&h, &auc[k], "value"), want_auc[k], "lung AUC");
+        assert_close(num(&h, &brier[k], "value"), want_brier[k], "lung Brier");
+    }
+    // The late time has no value, and says why; so does the mean over all times.
+    for row in [
+        &auc[3],
+        &brier[3],
+        &metric_rows(&h, &rows, "mean_auc", None)[0],
+    ] {
+        assert_eq!(cell(&h, row, "value"), "");
+        assert!(
+            cell(&h, row, "note").contains("outside the follow-up"),
+            "{:?}",
+            cell(&h, row, "note")
+        );
+    }
+    let md = std::fs::read_to_string(args.out.join("report.md")).unwrap();
+    assert!(md.contains("deploy.json"), "{md}");
+
+    // Without hazards or edges the Brier rows say why and the rest is still there.
+    std::fs::remove_file(run.join("deploy.json")).unwrap();
+    report::run(&args, &ReportConfig::default()).unwrap();
+    let (h, rows) = read_table(&args.out.join("metrics.csv"));
+    for metric in ["brier", "ibs"] {
+        for row in metric_rows(&h, &rows, metric, None) {
+            assert_eq!(cell(&h, &row, "value"), "");
+            assert!(cell(&h, &row, "note").contains("time-bin edges"), "{row:?}");
+        }
+    }
+    assert_close(
+        num(&h, &metric_rows(&h, &rows, "auc", None)[0], "value"),
+        want_auc[0],
+        "lung AUC without edges",
+    );
+    let (_, calibration) = read_table(&args.out.join("calibration.csv"));
+    assert!(calibration.is_empty());
+    assert!(!args.out.join("calibration.png").exists());
+    let md = std::fs::read_to_string(args.out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Calibration by risk quintile\n\nNot computable"),
+        "{md}"
+    );
+}
+
+#[test]
+fn risk_group_column_is_the_training_cutoff_split() {
+    let t = metrics_table("gbsg2");
+    let dir = tempfile::tempdir().unwrap();
+    // A frozen cutoff of another cohort: here the 30th percentile of these risks.
+    let cutoff = hdmoe_pipe::survival::quantile(&t.risk, 0.3).unwrap();
+    let high: Vec<bool> = t.risk.iter().map(|&r| r >= cutoff).collect();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let edges = floats(&t.json["curves"]["bin_edges"]);
+    std::fs::write(
+        run.join("deploy.json"),
+        format!("{{\"time_bin_edges\": {edges:?}, \"risk_cutoff\": {cutoff}}}"),
+    )
+    .unwrap();
+    // An external cohort as predict writes it: no folds.
+    let external = ReportArgs {
+        predictions: metrics_predictions(&t, dir.path(), false, Some(&high)),
+        out: dir.path().join("external"),
+        summary: None,
+        run: Some(run.clone()),
+        cache: None,
+    };
+    let outputs = report::run(&external, &ReportConfig::default()).unwrap();
+    assert!(outputs.notes.is_empty(), "{:?}", outputs.notes);
+
+    let split = |high: &[bool], want: bool| -> (Vec<f64>, Vec<bool>) {
+        (0..t.time.len())
+            .filter(|&i| high[i] == want)
+            .map(|i| (t.time[i], t.event[i]))
+            .unzip()
+    };
+    let expected = |high: &[bool]| {
+        let (th, eh) = split(high, true);
+        let (tl, el) = split(high, false);
+        let lr = logrank_test(&th, &eh, &tl, &el).unwrap();
+        let x: Vec<f64> = high.iter().map(|&h| f64::from(u8::from(h))).collect();
+        let cox = cox_ph(&t.time, &t.event, &[x], 0.95).unwrap();
+        (lr, cox.hazard_ratio[0], cox.p_value[0])
+    };
+    let read = |out: &Path| {
+        let (h, rows) = read_table(&out.join("logrank.csv"));
+        let lr = (
+            cell(&h, &rows[0], "risk_split").to_owned(),
+            cell(&h, &rows[0], "threshold").to_owned(),
+            num(&h, &rows[0], "statistic"),
+            num(&h, &rows[0], "p_value"),
+            num(&h, &rows[0], "n_high"),
+        );
+        let (h, rows) = read_table(&out.join("metrics.csv"));
+        let cox = &metric_rows(&h, &rows, "cox_hr", Some("high"))[0];
+        (lr, num(&h, cox, "value"), num(&h, cox, "p_value"))
+    };
+
+    let (lr, hr, p) = read(&external.out);
+    let (want_lr, want_hr, want_p) = expected(&high);
+    assert_eq!(lr.0, "training_cutoff");
+    assert_eq!(lr.1, "", "the cutoff itself is not in the predictions");
+    assert_eq!(lr.4, high.iter().filter(|&&h| h).count() as f64);
+    assert_close(
+        lr.2,
+        want_lr.statistic,
+        "log-rank statistic, training cutoff",
+    );
+    assert_close(lr.3, want_lr.p_value, "log-rank p, training cutoff");
+    assert_close(hr, want_hr, "HR, training cutoff");
+    assert_close(p, want_p, "HR p, training cutoff");
+    let km_high = {
+        let (th, eh) = split(&high, true);
+        kaplan_meier(&th, &eh, 0.95).unwrap()
+    };
+    let (h, rows) = read_table(&external.out.join("km.csv"));
+    let high_rows: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| cell(&h, r, "group") == "high")
+        .collect();
+    assert_eq!(high_rows.len(), km_high.rows.len());
+
+    let md = std::fs::read_to_string(external.out.join("report.md")).unwrap();
+    assert!(md.contains("Split at the training cohort's cutoff"), "{md}");
+    assert!(md.contains("one cohort predicted as a whole"), "{md}");
+    let (h, rows) = read_table(&external.out.join("cindex.csv"));
+    assert_eq!(cell(&h, &rows[0], "fold"), "all");
+    assert_eq!(
+        num(&h, &rows[0], "c_index"),
+        hdmoe_pipe::survival::concordance_index(&t.time, &t.event, &t.risk)
+            .unwrap()
+            .c_index
+    );
+
+    // Without the column: the report's own median split, and other numbers.
+    let own = ReportArgs {
+        predictions: metrics_predictions(&t, dir.path(), true, None),
+        out: dir.path().join("own"),
+        ..external.clone()
+    };
+    report::run(&own, &ReportConfig::default()).unwrap();
+    let (median_lr, median_hr, _) = read(&own.out);
+    assert_eq!(median_lr.0, "median");
+    assert!((median_lr.2 - lr.2).abs() > 1e-3, "{median_lr:?} vs {lr:?}");
+    assert!((median_hr - hr).abs() > 1e-3, "{median_hr} vs {hr}");
+    assert_close(
+        median_hr,
+        t.json["cox"]["group"]["hazard_ratio"][0].as_f64().unwrap(),
+        "HR, median split",
+    );
+}
+
+#[test]
+fn calibration_rows_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // Bins [0, 2), [2, 4), [4, 6), [6, 100): e_4 = 100 is beyond the follow-up (9).
+    std::fs::write(
+        run.join("deploy.json"),
+        r#"{"time_bin_edges": [0, 2, 4, 6, 100]}"#,
+    )
+    .unwrap();
+    // Risks 1..10 → quintiles of two patients each (cuts 2.8, 4.6, 6.4, 8.2).
+    // (case, risk, time, event, hazards)
+    let patients: [(&str, f64, f64, u8, [f64; 4]); 10] = [
+        ("a", 1.0, 1.0, 1, [0.1, 0.0, 0.0, 0.0]),
+        ("b", 2.0, 5.0, 0, [0.3, 0.0, 0.0, 0.0]),
+        ("c", 3.0, 2.0, 1, [0.5, 0.5, 0.0, 0.0]),
+        ("d", 4.0, 8.0, 1, [0.0, 0.5, 0.0, 0.0]),
+        ("e", 5.0, 3.0, 1, [0.1; 4]),
+        ("f", 6.0, 9.0, 0, [0.1; 4]),
+        ("g", 7.0, 4.0, 1, [0.1; 4]),
+        ("h", 8.0, 7.0, 1, [0.1; 4]),
+        ("i", 9.0, 0.5, 1, [0.1; 4]),
+        ("j", 10.0, 6.0, 0, [0.1; 4]),
+    ];
+    let mut text = String::from(
+        "case_id,fold,risk,hazard_0,hazard_1,hazard_2,hazard_3,survival_months,event\n",
+    );
+    for (k, (id, risk, time, event, h)) in patients.iter().enumerate() {
+        text.push_str(&format!(
+            "{id},{},{risk},{},{},{},{},{time},{event}\n",
+            k % 2,
+            h[0],
+            h[1],
+            h[2],
+            h[3]
+        ));
+    }
+    let predictions = dir.path().join("predictions.csv");
+    std::fs::write(&predictions, text).unwrap();
+    let args = ReportArgs {
+        predictions,
+        out: dir.path().join("report"),
+        summary: None,
+        run: Some(run),
+        cache: None,
+    };
+    let outputs = report::run(&args, &ReportConfig::default()).unwrap();
+    let (h, rows) = read_table(&args.out.join("calibration.csv"));
+    assert_eq!(rows.len(), 15, "5 quintiles x edges 2, 4, 6");
+    let get = |q: usize, edge: usize| {
+        rows.iter()
+            .find(|r| num(&h, r, "quintile") == q as f64 && num(&h, r, "edge") == edge as f64)
+            .unwrap_or_else(|| panic!("no row for quintile {q}, edge {edge}"))
+    };
+    // Quintile 1 (a: event at 1, b: censored at 5): S_0 = 0.9, 0.7 and flat after → 0.8.
+    // KM: 1/2 after the event at 1; at risk at 2 and 4: b; at 6: nobody.
+    for (edge, at_risk) in [(1, 1.0), (2, 1.0), (3, 0.0)] {
+        let row = get(1, edge);
+        assert_close(num(&h, row, "predicted"), 0.8, "q1 predicted");
+        assert_eq!(num(&h, row, "observed"), 0.5, "q1 observed");
+        assert_eq!(num(&h, row, "at_risk"), at_risk, "q1 at risk");
+        assert_eq!(
+            (
+                num(&h, row, "risk_min"),
+                num(&h, row, "risk_max"),
+                num(&h, row, "n")
+            ),
+            (1.0, 2.0, 2.0)
+        );
+    }
+    // Quintile 2 (c: event at 2 exactly, d: event at 8). At e_1 = 2 the predicted is S_0
+    // (0.5, 1 → 0.75) and the observed is S(2−) = 1: the event at 2 is in the next bin.
+    // At e_2 = 4: S_1 = 0.25, 0.5 → 0.375 vs 1/2; at e_3 = 6: S_2 = S_1 → 0.375 vs 1/2.
+    let q2 = [
+        (1, 0.75, 1.0, 2.0),
+        (2, 0.375, 0.5, 1.0),
+        (3, 0.375, 0.5, 1.0),
+    ];
+    let km = kaplan_meier(&[2.0, 8.0], &[true, true], 0.95).unwrap();
+    for (edge, predicted, observed, at_risk) in q2 {
+        let row = get(2, edge);
+        assert_close(num(&h, row, "predicted"), predicted, "q2 predicted");
+        assert_eq!(num(&h, row, "observed"), observed, "q2 observed");
+        assert_eq!(num(&h, row, "at_risk"), at_risk, "q2 at risk");
+        assert_eq!(num(&h, row, "time"), [0.0, 2.0, 4.0, 6.0][edge]);
+        // The interval is km.rs's, of the row just before the edge.
+        let before = km
+            .rows
+            .iter()
+            .rev()
+            .find(|r| r.time < num(&h, row, "time"))
+            .unwrap();
+        assert_eq!(num(&h, row, "ci_lower"), before.ci_lower);
+        assert_eq!(num(&h, row, "ci_upper"), before.ci_upper);
+    }
+    // Quintile 5 (i: event at 0.5, j: censored at 6): S_0 = 0.9, S_1 = 0.81, S_2 = 0.729.
+    for (edge, predicted) in [(1, 0.9), (2, 0.81), (3, 0.729)] {
+        assert_close(
+            num(&h, get(5, edge), "predicted"),
+            predicted,
+            "q5 predicted",
+        );
+        assert_eq!(num(&h, get(5, edge), "observed"), 0.5);
+    }
+
+    let png = std::fs::read(args.out.join("calibration.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(outputs.files.iter().any(|f| f.ends_with("calibration.png")));
+    let md = std::fs::read_to_string(args.out.join("report.md")).unwrap();
+    assert!(
+        md.contains("![Calibration") && md.contains("| quintile |"),
+        "{md}"
+    );
+    let html = std::fs::read_to_string(args.out.join("report.html")).unwrap();
+    assert!(!html.contains("src=\"calibration.png\"") && !html.contains("src=\"km.png\""));
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 2);
+}
+
+#[test]
+fn a_bad_covariate_is_a_clear_error_before_anything_is_written() {
+    let t = metrics_table("lung");
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with_cohort(&t, dir.path(), &["age".to_owned()]);
+    let args = ReportArgs {
+        predictions: metrics_predictions(&t, dir.path(), true, None),
+        out: dir.path().join("report"),
+        summary: None,
+        run: Some(run.clone()),
+        cache: None,
+    };
+    let e = report::run(&args, &metrics_config(&["grade".to_owned()], None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cohort.csv") && e.contains("`grade`") && e.contains("not in the table"),
+        "{e}"
+    );
+    assert!(!args.out.exists(), "nothing written");
+
+    // A non-numeric column, named in covariates_table.
+    let table = dir.path().join("clinical.csv");
+    std::fs::write(&table, "case_id,stage\np0,II\np1,III\n").unwrap();
+    let config = ReportConfig {
+        cox_covariates: vec!["stage".to_owned()],
+        covariates_table: Some(table),
+        ..ReportConfig::default()
+    };
+    let e = report::run(&args, &config).unwrap_err().to_string();
+    assert!(
+        e.contains("clinical.csv") && e.contains("`stage`") && e.contains("not a number"),
+        "{e}"
+    );
+
+    // No table at all.
+    let no_run = ReportArgs {
+        run: None,
+        ..args.clone()
+    };
+    let e = report::run(&no_run, &metrics_config(&["age".to_owned()], None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("report.covariates_table"), "{e}");
+
+    // A patient without a value is left out of the adjusted fit and counted.
+    let cohort = dir.path().join("cohort.csv");
+    let text = std::fs::read_to_string(&cohort).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    for line in lines.iter_mut().skip(1).take(3) {
+        let (head, _) = line.rsplit_once(',').unwrap();
+        *line = format!("{head},NA");
+    }
+    lines.pop(); // the last patient is not in the table at all
+    std::fs::write(&cohort, lines.join("\n") + "\n").unwrap();
+    report::run(&args, &metrics_config(&["age".to_owned()], None)).unwrap();
+    let (h, rows) = read_table(&args.out.join("metrics.csv"));
+    let row = &metric_rows(&h, &rows, "cox_hr_adjusted", Some("age"))[0];
+    assert_eq!(num(&h, row, "excluded"), 4.0);
+    assert_eq!(num(&h, row, "n"), (t.time.len() - 4) as f64);
+    assert!(
+        cell(&h, row, "note").contains("3 with a blank covariate, 1 not in the covariates table"),
+        "{row:?}"
+    );
+    // The fit is the one on the patients kept.
+    let age = fixture_columns(&t, &["age".to_owned()]).remove(0);
+    let cutoff = hdmoe_pipe::survival::quantile(&t.risk, 0.5).unwrap();
+    let keep: Vec<usize> = (3..t.time.len() - 1).collect();
+    let x_high: Vec<f64> = keep
+        .iter()
+        .map(|&i| f64::from(u8::from(t.risk[i] >= cutoff)))
+        .collect();
+    let x_age: Vec<f64> = keep.iter().map(|&i| age[i]).collect();
+    let time: Vec<f64> = keep.iter().map(|&i| t.time[i]).collect();
+    let event: Vec<bool> = keep.iter().map(|&i| t.event[i]).collect();
+    let fit = cox_ph(&time, &event, &[x_high, x_age], 0.95).unwrap();
+    assert_close(
+        num(&h, row, "value"),
+        fit.hazard_ratio[1],
+        "adjusted HR of age",
+    );
+}
