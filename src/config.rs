@@ -650,6 +650,10 @@ pub struct TrainConfig {
     /// over folds of the nested selection's epoch count; otherwise `epochs`. Never chosen on
     /// the reported folds.
     pub final_epochs: Option<usize>,
+    /// Case ids kept out of every fold (and of the final model), for an external-validation
+    /// check on patients no model has seen: `run` scores them with the fold ensemble at the
+    /// frozen training cutoff and reports them apart (`runs/<name>/report_external/`).
+    pub holdout: Vec<String>,
 }
 
 impl TrainConfig {
@@ -669,6 +673,16 @@ impl TrainConfig {
         }
         if self.final_epochs == Some(0) {
             return invalid("final_epochs", "must be at least 1");
+        }
+        let held: BTreeSet<_> = self.holdout.iter().collect();
+        if held.len() != self.holdout.len() || self.holdout.iter().any(|c| c.trim().is_empty()) {
+            return invalid(
+                "holdout",
+                format!(
+                    "must list distinct, non-empty case ids, got {:?}",
+                    self.holdout
+                ),
+            );
         }
         Ok(())
     }
@@ -690,6 +704,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             final_model: false,
             final_epochs: None,
+            holdout: Vec::new(),
         }
     }
 }

@@ -211,6 +211,9 @@ struct PredictCmd {
     /// With --run: the fold models averaged, or the final model (`train.final: true`).
     #[arg(long, value_enum, default_value = "folds", requires = "run")]
     ensemble: train::predict::Ensemble,
+    /// With --run: only the run's `train.holdout` patients, which no fold saw.
+    #[arg(long, requires = "run")]
+    holdout: bool,
     /// Output folder [default: runs/<name>/predict_fold_<K>, runs/<name>/predict, or with
     /// --run runs/<new name>/predict_<ensemble>].
     #[arg(long, value_name = "DIR")]
@@ -359,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitStatus> {
                     &config,
                     run,
                     args.ensemble,
+                    args.holdout,
                     out,
                 )?),
                 (None, Some(checkpoint)) => {

@@ -1,5 +1,8 @@
 //! `hdmoe-pipe run`: every stage the configuration enables, in order, then the report. A new
 //! stage needs a `Stage` variant, its place in `stages` and its flags in `RunOptions::args`.
+//! With `train.holdout`, two steps come between fit and the report: `external` (predict the
+//! held-out patients with the fold ensemble) and `external_report` (their report, at the
+//! training cutoff), which the main report then shows as its external-validation section.
 //!
 //! Each stage runs as a child process of this same binary, exactly as a user would type it, so
 //! that its wall time and peak RSS are its own and a crash inside a native library (OpenSlide,
@@ -29,16 +32,26 @@ pub enum Stage {
     Genomics,
     Mri,
     Fit,
+    /// `predict --run <run> --holdout`: the `train.holdout` patients by the fold ensemble.
+    External,
+    /// `report` on those predictions, into `<run>/report_external/`.
+    ExternalReport,
     Report,
 }
 
+/// Where the held-out patients' predictions and report go, inside the run folder.
+pub const EXTERNAL_DIR: &str = "external";
+pub const EXTERNAL_REPORT_DIR: &str = "report_external";
+
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Tile,
         Stage::Features,
         Stage::Genomics,
         Stage::Mri,
         Stage::Fit,
+        Stage::External,
+        Stage::ExternalReport,
         Stage::Report,
     ];
 
@@ -49,7 +62,18 @@ impl Stage {
             Stage::Genomics => "genomics",
             Stage::Mri => "mri",
             Stage::Fit => "fit",
+            Stage::External => "external",
+            Stage::ExternalReport => "external_report",
             Stage::Report => "report",
+        }
+    }
+
+    /// The subcommand the stage runs.
+    fn command(self) -> &'static str {
+        match self {
+            Stage::External => "predict",
+            Stage::ExternalReport => "report",
+            other => other.name(),
         }
     }
 
@@ -66,7 +90,10 @@ impl Stage {
     }
 
     fn takes_force(self) -> bool {
-        self != Stage::Report
+        !matches!(
+            self,
+            Stage::Report | Stage::External | Stage::ExternalReport
+        )
     }
 }
 
@@ -80,6 +107,7 @@ pub fn stages(config: &Config) -> Vec<Stage> {
             Stage::Genomics => has(Modality::Genomics),
             Stage::Mri => has(Modality::Mri),
             Stage::Fit | Stage::Report => true,
+            Stage::External | Stage::ExternalReport => !config.train.holdout.is_empty(),
         })
         .collect()
 }
@@ -142,7 +170,7 @@ pub struct RunOptions<'a> {
 
 impl RunOptions<'_> {
     fn args(&self, stage: Stage, run_dir: &Path) -> Vec<String> {
-        let mut args = vec![stage.name().to_owned()];
+        let mut args = vec![stage.command().to_owned()];
         if let Some(file) = self.config_file {
             args.push("--config".into());
             args.push(file.display().to_string());
@@ -157,15 +185,27 @@ impl RunOptions<'_> {
         if self.random_weights && stage.takes_random_weights() {
             args.push("--random-weights".into());
         }
-        if stage == Stage::Report {
-            for (flag, path) in [
+        let external = run_dir.join(EXTERNAL_DIR);
+        let paths: Vec<(&str, PathBuf)> = match stage {
+            Stage::Report => vec![
                 ("--predictions", run_dir.join("predictions.csv")),
                 ("--out", run_dir.join("report")),
                 ("--run", run_dir.to_owned()),
-            ] {
-                args.push(flag.into());
-                args.push(path.display().to_string());
-            }
+            ],
+            Stage::External => vec![("--run", run_dir.to_owned()), ("--out", external.clone())],
+            Stage::ExternalReport => vec![
+                ("--predictions", external.join("predictions.csv")),
+                ("--out", run_dir.join(EXTERNAL_REPORT_DIR)),
+                ("--run", run_dir.to_owned()),
+            ],
+            _ => Vec::new(),
+        };
+        for (flag, path) in paths {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+        if stage == Stage::External {
+            args.push("--holdout".into());
         }
         args
     }
@@ -223,6 +263,16 @@ impl std::fmt::Display for RunSummary {
         let cindex = report_dir.join(report::CINDEX_CSV);
         if let Some(table) = report::cindex_console_table(&cindex) {
             writeln!(f, "\nC-index ({})", cindex.display())?;
+            write!(f, "{table}")?;
+        }
+        let external = self.run_dir.join(EXTERNAL_REPORT_DIR);
+        let external_cindex = external.join(report::CINDEX_CSV);
+        if let Some(table) = report::cindex_console_table(&external_cindex) {
+            writeln!(
+                f,
+                "\nC-index of the held-out patients (train.holdout; {})",
+                external_cindex.display()
+            )?;
             write!(f, "{table}")?;
         }
         let html = report_dir.join(report::REPORT_HTML);

@@ -61,7 +61,17 @@ if grep -qx mri <<<"$stages"; then
 fi
 after=$(IFS=:; echo "${before_fit[*]}")
 fit=$(submit "$after" "--job-name=hdmoe-fit ${FIT_ARGS:-}" -- fit)
-report=$(submit "$fit" "--job-name=hdmoe-report" -- report \
+before_report=$fit
+if grep -qx external <<<"$stages"; then
+  # train.holdout: the held-out patients by the fold ensemble, then their own report, which
+  # the main report shows as its external-validation section.
+  external=$(submit "$fit" "--job-name=hdmoe-external" -- predict \
+    --run "$run_dir" --holdout --out "$run_dir/external")
+  before_report=$(submit "$external" "--job-name=hdmoe-external-report" -- report \
+    --predictions "$run_dir/external/predictions.csv" --out "$run_dir/report_external" --run "$run_dir")
+  echo "external: $external  external report: $before_report"
+fi
+report=$(submit "$before_report" "--job-name=hdmoe-report" -- report \
   --predictions "$run_dir/predictions.csv" --out "$run_dir/report" --run "$run_dir")
 echo "fit: $fit  report: $report"
 echo "report (when done): $run_dir/report/report.html"

@@ -206,7 +206,14 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
         km: png_written,
         calibration: calibration_written,
     };
-    let text = render_markdown(&predictions, config, &analysis, plots, info.as_ref());
+    let mut text = render_markdown(&predictions, config, &analysis, plots, info.as_ref());
+    let external = match &run {
+        Some(dir) => external_section(dir, &args.out)?,
+        None => None,
+    };
+    if let Some(section) = &external {
+        text.push_str(&section.markdown);
+    }
     atomic::write_bytes(&md, text.as_bytes()).map_err(|e| ReportError::Output {
         path: md.clone(),
         message: e.to_string(),
@@ -226,7 +233,15 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
             images.push((name, bytes));
         }
     }
-    let images: Vec<(&str, &[u8])> = images.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    let mut images: Vec<(&str, &[u8])> = images.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    if let Some(section) = &external {
+        images.extend(
+            section
+                .images
+                .iter()
+                .map(|(n, b)| (n.as_str(), b.as_slice())),
+        );
+    }
     let page = html::page_with_images(&text, &images);
     atomic::write_bytes(&html_path, page.as_bytes()).map_err(|e| ReportError::Output {
         path: html_path.clone(),
@@ -242,6 +257,65 @@ pub fn run(args: &ReportArgs, config: &ReportConfig) -> Result<ReportOutputs, Re
         cindex_mean: analysis.cindex_mean,
         notes: analysis.notes,
     })
+}
+
+/// The held-out patients' report (`run`'s `train.holdout` step) as a section of this one.
+struct ExternalSection {
+    markdown: String,
+    /// (the link as the Markdown writes it, PNG bytes)
+    images: Vec<(String, Vec<u8>)>,
+}
+
+/// `<run>/report_external/report.md`, its headings one level down and its plots linked from
+/// `out`, when the run has one and this is not that report itself.
+fn external_section(run: &Path, out: &Path) -> Result<Option<ExternalSection>, ReportError> {
+    let dir = run.join(crate::pipeline::EXTERNAL_REPORT_DIR);
+    let md_path = dir.join(REPORT_MD);
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(&dir, out) || !md_path.is_file() {
+        return Ok(None);
+    }
+    let read_error = |path: &Path, e: std::io::Error| ReportError::Output {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let body = std::fs::read_to_string(&md_path).map_err(|e| read_error(&md_path, e))?;
+    // Beside this report (the pipeline's layout) the link is relative, else absolute.
+    let prefix = if out.parent().is_some_and(|p| same(p, run)) {
+        format!("../{}/", crate::pipeline::EXTERNAL_REPORT_DIR)
+    } else {
+        format!("{}/", dir.display())
+    };
+    let mut markdown = String::from(
+        "\n## External validation: the held-out patients\n\n\
+         The run's `train.holdout` patients took no part in any fold or in the final model; the \
+         fold models scored them (`predict --run --holdout`, survival curves averaged) and they \
+         are split at the training cohort's frozen cutoff. Their own report follows.\n\n",
+    );
+    let mut images = Vec::new();
+    let mut text = String::new();
+    // The run's own section (versions, stages, configuration) is this report's already.
+    for line in body.lines().take_while(|l| *l != "## Run") {
+        if line.starts_with('#') {
+            text.push_str("##");
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    for name in [KM_PNG, CALIBRATION_PNG] {
+        let link = format!("{prefix}{name}");
+        if text.contains(&format!("]({name})")) {
+            text = text.replace(&format!("]({name})"), &format!("]({link})"));
+            let png = dir.join(name);
+            let bytes = std::fs::read(&png).map_err(|e| read_error(&png, e))?;
+            images.push((link, bytes));
+        }
+    }
+    markdown.push_str(&text);
+    Ok(Some(ExternalSection { markdown, images }))
 }
 
 fn write_csv(path: &Path, df: &mut DataFrame) -> Result<(), ReportError> {

@@ -173,7 +173,9 @@ fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> Parameters
     let mut train = config.train.clone();
     train.folds.clear();
     // Whether a final model is trained after the folds does not change them.
-    const NOT_FOLD_KEYS: [&str; 2] = ["train.final", "train.final_epochs"];
+    // The held-out cases enter as `holdout` below, only when there are some, so that runs
+    // made before the key existed are kept.
+    const NOT_FOLD_KEYS: [&str; 3] = ["train.final", "train.final_epochs", "train.holdout"];
     let mut parameters = Parameters::new();
     for (section, value) in [
         ("dataset", serde_yaml::to_value(&config.dataset)),
@@ -193,6 +195,9 @@ fn fold_parameters(config: &Config, data: &Dataset, split: &Split) -> Parameters
             .collect::<Vec<_>>()
             .join(",")
     };
+    if !config.train.holdout.is_empty() {
+        parameters = parameters.with("holdout", config.train.holdout.join(","));
+    }
     parameters
         .with("fold", split.fold)
         .with("train", cases(&split.train))
@@ -578,10 +583,27 @@ fn write_summary(path: &Path, folds: &[FoldResult], selection: Selection) -> Res
     atomic::write_bytes(path, text.as_bytes()).map_err(|e| output_error(path, e))
 }
 
+/// Why `train.holdout` patients take no part in training: they are marked unusable here, so
+/// every fold, the final model and deploy.json's medians leave them out (excluded.csv lists
+/// them). A case id the cohort table does not have is refused.
+pub(crate) fn hold_out(config: &Config, data: &mut Dataset) -> Result<(), FitError> {
+    for case in &config.train.holdout {
+        let i = data.cohort.position(case).ok_or_else(|| {
+            FitError::Config(format!(
+                "configuration: `train.holdout` names {case}, which {} does not have",
+                data.cohort.path.display()
+            ))
+        })?;
+        data.missing[i] = Some("held out for external validation (train.holdout)".into());
+    }
+    Ok(())
+}
+
 pub fn run(config: &Config, force: bool) -> Result<FitReport, FitError> {
     // Initialisation and dropout draw from libtorch's generator, seeded per fold and epoch.
     let _generator = crate::torch_rng::lock();
-    let data = Dataset::load(config)?;
+    let mut data = Dataset::load(config)?;
+    hold_out(config, &mut data)?;
     let splits_dir = config
         .paths
         .splits
@@ -607,7 +629,7 @@ pub fn run(config: &Config, force: bool) -> Result<FitReport, FitError> {
         .collect();
     if !excluded.is_empty() {
         tracing::warn!(
-            "{} patients left out for a missing modality (listed in {})",
+            "{} patients left out for a missing modality or train.holdout (listed in {})",
             excluded.len(),
             run_dir.join("excluded.csv").display()
         );

@@ -156,7 +156,8 @@ pub fn run(
 ) -> Result<PredictReport, FitError> {
     // The RFR draws at evaluation come from libtorch's generator.
     let _generator = crate::torch_rng::lock();
-    let data = Dataset::load(config)?;
+    let mut data = Dataset::load(config)?;
+    super::hold_out(config, &mut data)?;
     let (patients, scaler_rows) = match fold {
         Some(k) => {
             let splits_dir = config.paths.splits.as_deref().ok_or_else(|| {
@@ -352,10 +353,13 @@ fn check_features(
 /// training order, each model's own training scaler; the survival curves averaged over the
 /// models, the risk the models' mean risk (= −Σ of the mean curve), the spread of the risk
 /// over the models, and the risk group at the training cohort's frozen cutoff.
+/// With `holdout`, only the run's `train.holdout` patients (those fit never trained or
+/// validated on) of the config's cohort are scored.
 pub fn run_deployed(
     config: &Config,
     run_dir: &Path,
     ensemble: Ensemble,
+    holdout: bool,
     out: Option<&Path>,
 ) -> Result<EnsembleReport, FitError> {
     let _generator = crate::torch_rng::lock();
@@ -368,12 +372,21 @@ pub fn run_deployed(
     merged.model = trained.model.clone();
     merged.dataset.modalities = trained.dataset.modalities.clone();
     let mut data = Dataset::load(&merged)?;
+    let held_out = &trained.train.holdout;
+    if holdout && held_out.is_empty() {
+        return Err(FitError::Config(format!(
+            "{}: the run holds no patient out (`train.holdout` is empty)",
+            trained_config_path.display()
+        )));
+    }
     let patients: Vec<usize> = (0..data.cohort.len())
         .filter(|&i| data.missing[i].is_none())
+        .filter(|&i| !holdout || held_out.contains(&data.cohort.patients[i].case_id))
         .collect();
     if patients.is_empty() {
         return Err(FitError::Config(format!(
-            "{}: no patient has every modality the run's models read ({:?})",
+            "{}: no patient{} has every modality the run's models read ({:?})",
+            if holdout { " of `train.holdout`" } else { "" },
             data.cohort.path.display(),
             merged.dataset.modalities
         )));

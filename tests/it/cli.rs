@@ -243,7 +243,10 @@ fn every_command_has_help() {
 #[test]
 fn every_shipped_pipeline_loads_and_plans_its_stages() {
     for (name, stages) in [
-        ("demo", "tile features genomics fit report"),
+        (
+            "demo",
+            "tile features genomics fit external external_report report",
+        ),
         ("demo_lc", "tile features mri fit report"),
         ("blca", "tile features genomics fit report"),
         ("brca", "tile features genomics fit report"),

@@ -79,7 +79,8 @@ fn one_fold_model_on_its_validation_patients_equals_fits_predictions() {
         ]
         .concat(),
     );
-    let report = train::predict::run_deployed(&new_config, &run, Ensemble::Folds, None).unwrap();
+    let report =
+        train::predict::run_deployed(&new_config, &run, Ensemble::Folds, false, None).unwrap();
     assert_eq!(report.models, 1);
     assert_eq!(report.patients, 20);
     let (_, fit) = rows(&run.join("predictions.csv"));
@@ -155,7 +156,7 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     };
     let new_config = new_overrides(&[]);
     hdmoe_pipe::genomics::run(&new_config, &Default::default()).unwrap();
-    let missing = train::predict::run_deployed(&new_config, &run, Ensemble::Folds, None)
+    let missing = train::predict::run_deployed(&new_config, &run, Ensemble::Folds, false, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -165,7 +166,7 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
         "{missing}"
     );
     let filled = new_overrides(&["predict.missing_columns=median"]);
-    let folds = train::predict::run_deployed(&filled, &run, Ensemble::Folds, None).unwrap();
+    let folds = train::predict::run_deployed(&filled, &run, Ensemble::Folds, false, None).unwrap();
     assert_eq!((folds.models, folds.patients), (2, 30));
     let (_, rows_folds) = rows(&folds.output);
     for (case, f) in &rows_folds {
@@ -181,7 +182,8 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     assert!(rows_folds
         .values()
         .any(|f| f[15].parse::<f64>().unwrap() > 0.0));
-    let final_model = train::predict::run_deployed(&filled, &run, Ensemble::Final, None).unwrap();
+    let final_model =
+        train::predict::run_deployed(&filled, &run, Ensemble::Final, false, None).unwrap();
     assert_eq!(final_model.models, 1);
     assert_eq!(
         final_model.cutoff,
@@ -192,7 +194,7 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     let mut edited = deploy.clone();
     edited["features"] = serde_json::json!({"encoder": "resnet50_trunc"});
     std::fs::write(run.join("deploy.json"), edited.to_string()).unwrap();
-    let unrecorded = train::predict::run_deployed(&filled, &run, Ensemble::Folds, None)
+    let unrecorded = train::predict::run_deployed(&filled, &run, Ensemble::Folds, false, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -204,7 +206,7 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     let file = hdf5::File::open_rw(data.dir.join("cache/features/S000.h5")).unwrap();
     hdmoe_pipe::cache::write_str_attr(&file, "encoder", "uni_v1").unwrap();
     drop(file);
-    let other = train::predict::run_deployed(&filled, &run, Ensemble::Folds, None)
+    let other = train::predict::run_deployed(&filled, &run, Ensemble::Folds, false, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -213,4 +215,51 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     );
     // The refused runs left the earlier predictions as they were.
     assert_eq!(rows(&folds.output).1, rows_folds);
+}
+
+#[test]
+fn held_out_patients_take_no_part_in_training_and_are_scored_apart() {
+    let _one = ONE_FIT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic(&dir.path().join("train"), 40, false, true);
+    let held = ["P003", "P010", "P021", "P036"];
+    let holdout = format!("train.holdout=[{}]", held.join(", "));
+    let config = data.config(&["train.epochs=1", &holdout]);
+    train::run(&config, false).unwrap();
+    let run = data.dir.join("runs");
+    let (_, oof) = rows(&run.join("predictions.csv"));
+    assert_eq!(oof.len(), 36);
+    assert!(held.iter().all(|c| !oof.contains_key(*c)));
+    let excluded = read(&run.join("excluded.csv"));
+    assert!(
+        held.iter()
+            .all(|c| excluded.contains(&format!("{c},\"held out"))),
+        "{excluded}"
+    );
+    // The fold models score exactly the held-out patients.
+    let report = train::predict::run_deployed(&config, &run, Ensemble::Folds, true, None).unwrap();
+    let (_, scored) = rows(&report.output);
+    assert_eq!(scored.keys().cloned().collect::<Vec<_>>(), held);
+    // A case id the table does not have is refused before anything trains.
+    let typo = data.config(&["train.epochs=1", "train.holdout=[P999]"]);
+    let e = train::run(&typo, true).unwrap_err().to_string();
+    assert!(
+        e.contains("train.holdout") && e.contains("P999") && e.contains("cohort.csv"),
+        "{e}"
+    );
+    // A run without a holdout has nothing to score with --holdout.
+    let plain_dir = dir.path().join("plain");
+    let plain = synthetic(&plain_dir, 20, false, false);
+    let plain_config = plain.config(&["train.epochs=1"]);
+    train::run(&plain_config, false).unwrap();
+    let e = train::predict::run_deployed(
+        &plain_config,
+        &plain.dir.join("runs"),
+        Ensemble::Folds,
+        true,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("holds no patient out"), "{e}");
 }

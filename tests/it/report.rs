@@ -988,3 +988,56 @@ fn a_bad_covariate_is_a_clear_error_before_anything_is_written() {
         "adjusted HR of age",
     );
 }
+
+/// The held-out patients' report (`run`'s external_report step) becomes a section of the main
+/// report, its plots embedded; the external report does not include itself.
+#[test]
+fn the_external_report_is_a_section_of_the_main_one() {
+    let r = reference("gbsg2");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let predictions = predictions_for(&r, dir.path());
+    let args = |out: &str| ReportArgs {
+        predictions: predictions.clone(),
+        out: run.join(out),
+        summary: None,
+        run: Some(run.clone()),
+        cache: None,
+    };
+    let config = ReportConfig::default();
+    report::run(&args("report_external"), &config).unwrap();
+    let external = std::fs::read_to_string(run.join("report_external/report.md")).unwrap();
+    assert!(!external.contains("External validation"));
+    report::run(&args("report"), &config).unwrap();
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    let section = md
+        .split("## External validation: the held-out patients")
+        .nth(1)
+        .expect("an external-validation section");
+    assert!(
+        section.contains("### Survival report"),
+        "headings one level down"
+    );
+    assert!(section.contains("#### C-index per fold"));
+    assert!(
+        section.contains("](../report_external/km.png)"),
+        "{section}"
+    );
+    let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
+    assert!(
+        !html.contains("src=\"../report_external/km.png\""),
+        "embedded, not linked"
+    );
+    let main_images = html.split("data:image/png;base64").count() - 1;
+    let external_images = std::fs::read_to_string(run.join("report_external/report.html"))
+        .unwrap()
+        .split("data:image/png;base64")
+        .count()
+        - 1;
+    assert_eq!(
+        main_images,
+        2 * external_images,
+        "its own plots and the external ones"
+    );
+}
