@@ -39,15 +39,14 @@ pub const FILE: &str = "deploy.json";
 const FORMAT: u32 = 1;
 
 /// The features stamp keys that must agree between training and new slides: the encoder and
-/// its weights, and the pixels it saw (input side, normalisation, pyramid level, read size;
-/// the magnification where the file records it).
-pub const FEATURE_KEYS: [&str; 8] = [
+/// its weights, and the pixels it saw (input side, normalisation; the magnification where the
+/// file records it). Not the pyramid level or read size: those follow each slide's own
+/// scanning magnification (a 40x slide reads 512 px at level 0 for a 256-px 20x patch).
+pub const FEATURE_KEYS: [&str; 6] = [
     "encoder",
     "weights_sha256",
     "input_size",
     "normalization",
-    "patch_level",
-    "level_read_size",
     "target_mpp",
     "patch_size",
 ];
