@@ -253,11 +253,14 @@ pub struct RunSummary {
 impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f)?;
-        writeln!(f, "stage      outcome             seconds  peak RSS MB")?;
+        writeln!(
+            f,
+            "stage            outcome             seconds  peak RSS MB"
+        )?;
         for r in &self.records {
             writeln!(
                 f,
-                "{:<10} {:<18} {:>8.1}  {:>11.0}",
+                "{:<16} {:<18} {:>8.1}  {:>11.0}",
                 r.stage.name(),
                 r.outcome.as_str(),
                 r.seconds,

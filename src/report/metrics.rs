@@ -371,6 +371,15 @@ fn cox_rows(
                     .into(),
             );
         }
+        // lifelines returns such a fit as converged, with a warning about separation.
+        let unbounded = |(lo, hi): (&f64, &f64)| *lo <= 0.0 || !hi.is_finite();
+        if fit.hr_ci_lower.iter().zip(&fit.hr_ci_upper).any(unbounded) {
+            notes.push(
+                "the groups are (nearly) completely separated: the hazard ratio is unbounded and \
+                 its interval uninformative (lifelines warns about separation here)"
+                    .into(),
+            );
+        }
     }
     names
         .iter()

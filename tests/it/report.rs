@@ -1041,3 +1041,36 @@ fn the_external_report_is_a_section_of_the_main_one() {
         "its own plots and the external ones"
     );
 }
+
+/// Every high-risk patient dies before any low-risk one is followed: the Cox fit runs to an
+/// unbounded hazard ratio, as lifelines' does, and the row says so.
+#[test]
+fn a_separated_split_says_its_hazard_ratio_is_unbounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let predictions = dir.path().join("predictions.csv");
+    let mut text = String::from("case_id,fold,risk,survival_months,event\n");
+    for i in 0..8 {
+        let high = i < 4;
+        let (risk, time, event) = if high {
+            (1.0 + i as f64, 1.0 + i as f64, 1)
+        } else {
+            (-(i as f64), 20.0 + i as f64, 0)
+        };
+        text.push_str(&format!("p{i},0,{risk},{time},{event}\n"));
+    }
+    std::fs::write(&predictions, text).unwrap();
+    let args = ReportArgs {
+        predictions,
+        out: dir.path().join("out"),
+        summary: None,
+        run: None,
+        cache: None,
+    };
+    report::run(&args, &ReportConfig::default()).unwrap();
+    let (h, rows) = read_table(&args.out.join("metrics.csv"));
+    let cox = rows
+        .iter()
+        .find(|r| cell(&h, r, "metric") == "cox_hr")
+        .expect("a cox_hr row");
+    assert!(cell(&h, cox, "note").contains("separated"), "{cox:?}");
+}
