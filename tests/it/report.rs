@@ -5,6 +5,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
+use common::metrics::{csv_columns, floats, hazards, metrics_table, MetricsTable, METRICS_TABLES};
 use common::{assert_close, reference, REFERENCES};
 use hdmoe_pipe::config::ReportConfig;
 use hdmoe_pipe::report::{self, ReportArgs};
@@ -248,96 +249,10 @@ fn degenerate_inputs_still_give_a_report_with_notes() {
 // ---------------------------------------------------------------------------------------------
 // Survival metrics, the training cutoff and calibration (issue #18, parts 3 and 4).
 
-use hdmoe_pipe::survival::{cox_ph, kaplan_meier, logrank_test, N_BINS};
+use hdmoe_pipe::survival::{cox_ph, kaplan_meier, logrank_test};
 use serde_json::Value;
 
 /// One table of fixtures/survival/metrics/ (scikit-survival 0.28 / lifelines 0.30 values).
-struct MetricsTable {
-    name: String,
-    json: Value,
-    time: Vec<f64>,
-    event: Vec<bool>,
-    risk: Vec<f64>,
-}
-
-const METRICS_TABLES: [&str; 4] = ["rossi", "lung", "gbsg2", "breast_cancer_gse7390"];
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn metrics_table(name: &str) -> MetricsTable {
-    let path = common::fixture(&format!("survival/metrics/{name}.json"));
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    MetricsTable {
-        name: name.to_owned(),
-        time: floats(&json["time"]),
-        event: json["event"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_bool().unwrap())
-            .collect(),
-        risk: floats(&json["risk"]),
-        json,
-    }
-}
-
-/// The script's hazards: h_k = sigmoid(a_k + b_k z), z the risk standardised (ddof 0).
-fn hazards(t: &MetricsTable) -> Vec<[f64; N_BINS]> {
-    let (a, b) = (
-        floats(&t.json["curves"]["a"]),
-        floats(&t.json["curves"]["b"]),
-    );
-    let n = t.risk.len() as f64;
-    let mean = t.risk.iter().sum::<f64>() / n;
-    let std = (t.risk.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-    t.risk
-        .iter()
-        .map(|r| {
-            let z = (r - mean) / std;
-            std::array::from_fn(|k| 1.0 / (1.0 + (-(a[k] + b[k] * z)).exp()))
-        })
-        .collect()
-}
-
-/// Named columns of the fixture CSV for the JSON's rows (the script's `dropna` over the
-/// columns it uses).
-fn fixture_columns(t: &MetricsTable, columns: &[String]) -> Vec<Vec<f64>> {
-    let input = &t.json["input"];
-    let file = common::fixture(&format!("survival/{}", input["file"].as_str().unwrap()));
-    let mut used = vec![
-        input["time_column"].as_str().unwrap().to_owned(),
-        input["event_column"].as_str().unwrap().to_owned(),
-    ];
-    for pair in input["risk_coefficients"].as_array().unwrap() {
-        used.push(pair[0].as_str().unwrap().to_owned());
-    }
-    used.extend(columns.iter().cloned());
-    let mut reader = csv::Reader::from_path(&file).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    let index = |name: &str| headers.iter().position(|h| h == name).unwrap();
-    let mut out = vec![Vec::new(); columns.len()];
-    let mut time = Vec::new();
-    for record in reader.records() {
-        let record = record.unwrap();
-        let parse = |name: &str| record[index(name)].trim().parse::<f64>().ok();
-        if used.iter().any(|c| parse(c).is_none()) {
-            continue;
-        }
-        time.push(parse(&used[0]).unwrap());
-        for (k, c) in columns.iter().enumerate() {
-            out[k].push(parse(c).unwrap());
-        }
-    }
-    assert_eq!(time, t.time, "{}: CSV rows", t.name);
-    out
-}
-
 /// predictions.csv with hazards; `fold` blank for a cohort predicted as a whole, and an
 /// optional `risk_group` column.
 fn metrics_predictions(
@@ -381,7 +296,7 @@ fn metrics_predictions(
 /// An MCAT-style cohort table of the same patients with the covariate columns, and a run
 /// folder whose config.yaml names it (as fit writes it).
 fn run_with_cohort(t: &MetricsTable, dir: &Path, covariates: &[String]) -> PathBuf {
-    let values = fixture_columns(t, covariates);
+    let values = csv_columns(t, covariates);
     let cohort = dir.join("cohort.csv");
     let mut text = format!(
         "case_id,survival_months,censorship,{}\n",
@@ -971,7 +886,7 @@ fn a_bad_covariate_is_a_clear_error_before_anything_is_written() {
         "{row:?}"
     );
     // The fit is the one on the patients kept.
-    let age = fixture_columns(&t, &["age".to_owned()]).remove(0);
+    let age = csv_columns(&t, &["age".to_owned()]).remove(0);
     let cutoff = hdmoe_pipe::survival::quantile(&t.risk, 0.5).unwrap();
     let keep: Vec<usize> = (3..t.time.len() - 1).collect();
     let x_high: Vec<f64> = keep

@@ -3,7 +3,8 @@
 //! real tables of fixtures/survival/) reproduced to 1e-6. The JSONs are made by
 //! fixtures/survival/metrics/make_metrics_reference.py, which documents every input rule.
 
-use crate::common::{assert_close, fixture};
+use crate::common::assert_close;
+use crate::common::metrics::{csv_columns, floats, hazards, metrics_tables, risk_coefficients};
 
 use hdmoe_pipe::survival::{
     bin_survival_at, brier_score, concordance_index, concordance_index_ipcw, cox_ph,
@@ -11,52 +12,6 @@ use hdmoe_pipe::survival::{
     risk_split, CensoringDistribution, Concordance, DynamicAuc, RiskSplitRule, StatsError, N_BINS,
 };
 use serde_json::Value;
-
-struct Table {
-    name: String,
-    json: Value,
-    time: Vec<f64>,
-    event: Vec<bool>,
-    risk: Vec<f64>,
-}
-
-fn tables() -> Vec<Table> {
-    let dir = fixture("survival/metrics");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    assert_eq!(paths.len(), 4, "{}: one JSON per table", dir.display());
-    paths
-        .iter()
-        .map(|path| {
-            let json: Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            Table {
-                name: json["dataset"].as_str().unwrap().to_owned(),
-                time: floats(&json["time"]),
-                event: json["event"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e.as_bool().unwrap())
-                    .collect(),
-                risk: floats(&json["risk"]),
-                json,
-            }
-        })
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn matrix(v: &Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(floats).collect()
@@ -70,50 +25,9 @@ fn close_all(got: &[f64], want: &Value, what: &str) {
     }
 }
 
-/// The named CSV columns of the table, rows with a blank in any of them dropped (as the
-/// script's `dropna` over the columns it uses).
-fn csv_columns(t: &Table, columns: &[String]) -> Vec<Vec<f64>> {
-    let input = &t.json["input"];
-    let file = fixture(&format!("survival/{}", input["file"].as_str().unwrap()));
-    let mut used = vec![
-        input["time_column"].as_str().unwrap().to_owned(),
-        input["event_column"].as_str().unwrap().to_owned(),
-    ];
-    used.extend(risk_coefficients(t).into_iter().map(|(c, _)| c));
-    used.extend(columns.iter().cloned());
-    let mut reader = csv::Reader::from_path(&file).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    let index = |name: &str| headers.iter().position(|h| h == name).unwrap();
-    let mut out = vec![Vec::new(); columns.len()];
-    let mut time = Vec::new();
-    for record in reader.records() {
-        let record = record.unwrap();
-        let parse = |name: &str| record[index(name)].trim().parse::<f64>().ok();
-        if used.iter().any(|c| parse(c).is_none()) {
-            continue;
-        }
-        time.push(parse(&used[0]).unwrap());
-        for (k, c) in columns.iter().enumerate() {
-            out[k].push(parse(c).unwrap());
-        }
-    }
-    // Same rows, same order as the JSON's inputs.
-    assert_eq!(time, t.time, "{}: CSV rows", t.name);
-    out
-}
-
-fn risk_coefficients(t: &Table) -> Vec<(String, f64)> {
-    t.json["input"]["risk_coefficients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_f64().unwrap()))
-        .collect()
-}
-
 #[test]
 fn inputs_are_what_the_script_says() {
-    for t in tables() {
+    for t in metrics_tables() {
         let name = &t.name;
         assert_eq!(t.time.len() as u64, t.json["input"]["n"].as_u64().unwrap());
         let events = t.event.iter().filter(|&&e| e).count() as u64;
@@ -138,16 +52,11 @@ fn inputs_are_what_the_script_says() {
         let curves = &t.json["curves"];
         let edges = quartile_edges(&t.time, &t.event).unwrap();
         assert_eq!(edges.to_vec(), floats(&curves["bin_edges"]), "{name} edges");
-        let (a, b) = (floats(&curves["a"]), floats(&curves["b"]));
-        let n = t.risk.len() as f64;
-        let mean = t.risk.iter().sum::<f64>() / n;
-        let std = (t.risk.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
         let survival = matrix(&curves["survival"]);
-        for (i, row) in survival.iter().enumerate() {
-            let z = (t.risk[i] - mean) / std;
+        for (i, (row, h)) in survival.iter().zip(hazards(&t)).enumerate() {
             let mut s = 1.0;
             for k in 0..N_BINS {
-                s *= 1.0 - 1.0 / (1.0 + (-(a[k] + b[k] * z)).exp());
+                s *= 1.0 - h[k];
                 assert!((row[k] - s).abs() < 1e-12, "{name} S[{i}][{k}]");
             }
         }
@@ -172,7 +81,7 @@ fn inputs_are_what_the_script_says() {
 
 #[test]
 fn censoring_distribution_matches_scikit_survival() {
-    for t in tables() {
+    for t in metrics_tables() {
         let g = CensoringDistribution::fit(&t.time, &t.event).unwrap();
         let want = &t.json["censoring_km"];
         assert_eq!(g.steps().times, floats(&want["times"]), "{}", t.name);
@@ -216,7 +125,7 @@ fn check_concordance(got: Result<Concordance, StatsError>, want: &Value, what: &
 #[test]
 fn uno_c_matches_scikit_survival() {
     let mut values = 0;
-    for t in tables() {
+    for t in metrics_tables() {
         let g = CensoringDistribution::fit(&t.time, &t.event).unwrap();
         let want = &t.json["cindex_ipcw"];
         let tau = want["tau"].as_f64().unwrap();
@@ -246,7 +155,7 @@ fn check_auc(got: Result<DynamicAuc, StatsError>, want: &Value, what: &str) {
 
 #[test]
 fn cumulative_dynamic_auc_matches_scikit_survival() {
-    for t in tables() {
+    for t in metrics_tables() {
         let g = CensoringDistribution::fit(&t.time, &t.event).unwrap();
         let want = &t.json["cumulative_dynamic_auc"];
         let times = floats(&want["times"]);
@@ -267,7 +176,7 @@ fn cumulative_dynamic_auc_matches_scikit_survival() {
 
 #[test]
 fn brier_scores_match_scikit_survival() {
-    for t in tables() {
+    for t in metrics_tables() {
         let g = CensoringDistribution::fit(&t.time, &t.event).unwrap();
         let want = &t.json["brier_score"];
         let times = floats(&want["times"]);
@@ -289,7 +198,7 @@ fn brier_scores_match_scikit_survival() {
 
 #[test]
 fn cox_fits_match_lifelines() {
-    for t in tables() {
+    for t in metrics_tables() {
         let want = &t.json["cox"];
         let split = risk_split(&t.risk, RiskSplitRule::Median).unwrap();
         assert_close(

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fixture paths and the reference survival datasets.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod official;
 
 use std::path::{Path, PathBuf};
