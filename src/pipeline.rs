@@ -501,6 +501,71 @@ mod tests {
         assert_eq!(names(&config("[genomics]")), ["genomics", "fit", "report"]);
     }
 
+    /// A failed held-out step: its report is not run, the cross-validation report still is,
+    /// stages.csv says which step failed and why, and the run as a whole fails. The stages
+    /// are a stand-in executable that fails `predict` and records every call.
+    #[test]
+    fn a_failed_external_step_leaves_the_report_and_fails_the_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        let exe = dir.path().join("stage");
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\necho \"$1\" >> '{}'\n\
+                 if [ \"$1\" = predict ]; then echo 'error: predict: no patient of \
+                 `train.holdout` has every modality' >&2; exit 1; fi\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let overrides = [
+            "dataset.modalities=[genomics]".to_owned(),
+            "train.holdout=[case_1]".to_owned(),
+            format!("paths.runs={}", dir.path().join("runs").display()),
+        ];
+        let config = Config::load(None, &overrides).unwrap();
+        let options = RunOptions {
+            exe: &exe,
+            config_file: None,
+            overrides: &overrides,
+            force: false,
+            random_weights: false,
+        };
+        let summary = run(&config, &options).unwrap();
+        let outcomes: Vec<(&str, Outcome)> = summary
+            .records
+            .iter()
+            .map(|r| (r.stage.name(), r.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("genomics", Outcome::Ok),
+                ("fit", Outcome::Ok),
+                ("external", Outcome::Failed),
+                ("external_report", Outcome::NotRun),
+                ("report", Outcome::Ok),
+            ]
+        );
+        let called = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(called, "genomics\nfit\npredict\nreport\n");
+        let (status, message) = summary.problem().expect("the run fails");
+        assert_eq!(status, ExitStatus::Failure);
+        assert!(
+            message.contains("2 of 5 stages")
+                && message.contains("external (failed: predict: no patient of `train.holdout`"),
+            "{message}"
+        );
+        let table = std::fs::read_to_string(summary.run_dir.join(STAGES_CSV)).unwrap();
+        assert!(
+            table.contains("external,failed,") && table.contains("external_report,not run,"),
+            "{table}"
+        );
+    }
+
     #[test]
     fn stage_arguments_pass_the_options_through() {
         let overrides = ["train.epochs=2".to_owned()];
