@@ -135,14 +135,23 @@ struct Work {
     id: String,
     output: PathBuf,
     parameters: Parameters,
+    /// The tiling's target mpp and patch size, recorded beside the stamp (not in it: caches made
+    /// before they were recorded stay valid) for `predict --run`'s features check.
+    tiling: Vec<(&'static str, String)>,
     job: Job,
 }
 
+/// What a patches file says about its coordinates and how to read them.
+struct Patches {
+    coords: Vec<[i64; 2]>,
+    geometry: Geometry,
+    /// Its `parameters` stamp (`clam` for CLAM's files, which have none).
+    stamp: String,
+    tiling: Vec<(&'static str, String)>,
+}
+
 /// Reads a patches file (ours or CLAM's): coords and how to read them.
-fn read_patches(
-    path: &Path,
-    resize: Option<u32>,
-) -> Result<(Vec<[i64; 2]>, Geometry, String), String> {
+fn read_patches(path: &Path, resize: Option<u32>) -> Result<Patches, String> {
     let fail = |e: hdf5::Error| format!("{}: {e}", path.display());
     let file = hdf5::File::open(path).map_err(fail)?;
     let coords = file.dataset("coords").map_err(fail)?;
@@ -170,8 +179,22 @@ fn read_patches(
         input_size: positive(input_size, "input size")?,
     };
     let stamp = cache::read_str_attr(&file, "parameters").unwrap_or_else(|_| "clam".into());
-    let coords = array.outer_iter().map(|r| [r[0], r[1]]).collect();
-    Ok((coords, geometry, stamp))
+    // CLAM's files have no target mpp; their patch size is at the patch level.
+    let target_mpp = coords
+        .attr("target_mpp")
+        .and_then(|a| a.read_scalar::<f64>())
+        .ok();
+    let tiling = target_mpp
+        .map(|mpp| ("target_mpp", mpp.to_string()))
+        .into_iter()
+        .chain([("patch_size", patch_size.to_string())])
+        .collect();
+    Ok(Patches {
+        coords: array.outer_iter().map(|r| [r[0], r[1]]).collect(),
+        geometry,
+        stamp,
+        tiling,
+    })
 }
 
 /// Turns batches of u8 NHWC bytes into the encoder's normalised NCHW input on its device
@@ -308,6 +331,9 @@ fn consume(
     let result = cache::write_h5(&work.output, |file| {
         cache::stamp(file, &work.parameters)?;
         cache::write_str_attr(file, "software_version", crate::VERSION)?;
+        for (name, value) in &work.tiling {
+            cache::write_str_attr(file, name, value)?;
+        }
         let mut coords = Array2::<i64>::zeros((n, 2));
         for (i, c) in work.job.coords.iter().enumerate() {
             coords[[i, 0]] = c[0];
@@ -584,7 +610,12 @@ fn prepare_slide(
     // An encoder with a fixed input side gets it; the others take features.resize (else the
     // patch size).
     let resize = options.encoder.input_size.or(options.resize);
-    let (coords, geometry, stamp) = read_patches(patches, resize)?;
+    let Patches {
+        coords,
+        geometry,
+        stamp,
+        tiling,
+    } = read_patches(patches, resize)?;
     if coords.is_empty() {
         return Err(format!("{}: holds no patches", patches.display()));
     }
@@ -609,6 +640,7 @@ fn prepare_slide(
             id: entry.id.clone(),
             output: output.to_owned(),
             parameters,
+            tiling,
             job: Job {
                 slide: entry.path.clone(),
                 geometry,

@@ -125,6 +125,9 @@ fn features_of_real_patches_match_torchvision() {
     assert_eq!(read_str_attr(&file, "weights_sha256").unwrap(), sha);
     assert_eq!(read_str_attr(&file, "encoder").unwrap(), "resnet50_trunc");
     assert_eq!(read_str_attr(&file, "input_size").unwrap(), "256");
+    // CLAM's patches record a patch size and no target mpp: so do the features.
+    assert_eq!(read_str_attr(&file, "patch_size").unwrap(), "256");
+    assert!(read_str_attr(&file, "target_mpp").is_err());
 }
 
 pub(crate) fn tiled(dir: &Path) -> PathBuf {
@@ -164,6 +167,19 @@ fn stage_resumes_refuses_mismatches_and_reports_bad_slides() {
     assert!(read_str_attr(&file, "weights_sha256")
         .unwrap()
         .contains("NOT pretrained"));
+    // The tiling's target mpp and patch size, as the patches file records them (what
+    // `predict --run` compares with the training features).
+    let patches = hdf5::File::open(dir.path().join("cache/patches/aperio40x.h5")).unwrap();
+    let coords = patches.dataset("coords").unwrap();
+    let attr = |name: &str| coords.attr(name).unwrap();
+    assert_eq!(
+        read_str_attr(&file, "target_mpp").unwrap(),
+        attr("target_mpp").read_scalar::<f64>().unwrap().to_string()
+    );
+    assert_eq!(
+        read_str_attr(&file, "patch_size").unwrap(),
+        attr("patch_size").read_scalar::<i64>().unwrap().to_string()
+    );
     drop(file);
 
     // Kept on rerun; a deleted output is remade identically (seeded random weights).
