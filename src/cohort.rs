@@ -120,19 +120,32 @@ pub struct Cohort {
     /// Bin edges over the whole cohort, as MCAT computes them before splitting.
     pub edges: [f64; N_BINS + 1],
     pub n_slides: usize,
+    /// False for a table without `survival_months` and `censorship` (read with
+    /// [`Labels::Optional`], a new cohort to score): every patient's time is NaN, censored,
+    /// bin 0, and the edges are NaN.
+    pub labelled: bool,
     index: HashMap<String, usize>,
+}
+
+/// Whether a cohort table must carry survival labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labels {
+    /// Training, splits, reports: both label columns, a value on every row.
+    Required,
+    /// Scoring a new cohort: both columns or neither (one without the other is an error).
+    Optional,
 }
 
 /// Positions of the columns the cohort needs.
 struct Columns {
     case_id: usize,
     slide_id: Option<usize>,
-    survival_months: usize,
-    censorship: usize,
+    /// Both label columns, or none for an unlabelled table.
+    labels: Option<(usize, usize)>,
 }
 
 impl Columns {
-    fn find(path: &Path, headers: &csv::StringRecord) -> Result<Self, CohortError> {
+    fn find(path: &Path, headers: &csv::StringRecord, labels: Labels) -> Result<Self, CohortError> {
         let find = |column: &'static str| -> Result<Option<usize>, CohortError> {
             let hits: Vec<usize> = headers
                 .iter()
@@ -157,11 +170,16 @@ impl Columns {
                 found: summarise_headers(headers),
             })
         };
+        let case_id = require("case_id")?;
+        let slide_id = find("slide_id")?;
+        let labels = match (labels, find("survival_months")?, find("censorship")?) {
+            (Labels::Optional, None, None) => None,
+            _ => Some((require("survival_months")?, require("censorship")?)),
+        };
         Ok(Self {
-            case_id: require("case_id")?,
-            slide_id: find("slide_id")?,
-            survival_months: require("survival_months")?,
-            censorship: require("censorship")?,
+            case_id,
+            slide_id,
+            labels,
         })
     }
 }
@@ -204,6 +222,11 @@ impl Cohort {
     /// Reads an MCAT/PORPOISE `*_all_clean.csv` (or any table with `case_id`,
     /// `survival_months`, `censorship` and optionally `slide_id` columns).
     pub fn read(path: &Path) -> Result<Self, CohortError> {
+        Self::read_with(path, Labels::Required)
+    }
+
+    /// [`Cohort::read`], the label columns optional with [`Labels::Optional`].
+    pub fn read_with(path: &Path, labels: Labels) -> Result<Self, CohortError> {
         let mut reader = open_csv(path)?;
         let csv_error = |source: csv::Error| CohortError::Csv {
             path: path.to_owned(),
@@ -211,7 +234,7 @@ impl Cohort {
             source,
         };
         let headers = reader.headers().map_err(csv_error)?.clone();
-        let columns = Columns::find(path, &headers)?;
+        let columns = Columns::find(path, &headers, labels)?;
 
         let mut patients: Vec<Patient> = Vec::new();
         let mut first_line: Vec<u64> = Vec::new();
@@ -232,10 +255,14 @@ impl Cohort {
             if case_id.is_empty() {
                 return Err(bad(columns.case_id, "blank case id"));
             }
-            let survival_months = parse_survival(&record[columns.survival_months])
-                .map_err(|reason| bad(columns.survival_months, reason))?;
-            let censored = parse_censorship(&record[columns.censorship])
-                .map_err(|reason| bad(columns.censorship, reason))?;
+            let (survival_months, censored) = match columns.labels {
+                Some((time, censorship)) => (
+                    parse_survival(&record[time]).map_err(|reason| bad(time, reason))?,
+                    parse_censorship(&record[censorship])
+                        .map_err(|reason| bad(censorship, reason))?,
+                ),
+                None => (f64::NAN, true),
+            };
             let slide_id = match columns.slide_id {
                 Some(c) if !record[c].trim().is_empty() => {
                     let slide = record[c].trim().to_owned();
@@ -262,7 +289,8 @@ impl Cohort {
                             second,
                         }))
                     };
-                    if first.survival_months != survival_months {
+                    // NaN (unlabelled) never equals itself: compare the bits.
+                    if first.survival_months.to_bits() != survival_months.to_bits() {
                         return Err(disagree(
                             "survival_months",
                             first.survival_months.to_string(),
@@ -297,21 +325,28 @@ impl Cohort {
             });
         }
 
-        let time: Vec<f64> = patients.iter().map(|p| p.survival_months).collect();
-        let event: Vec<bool> = patients.iter().map(Patient::event).collect();
-        let edges =
-            survival::quartile_edges(&time, &event).map_err(|source| CohortError::Labels {
-                path: path.to_owned(),
-                source,
-            })?;
-        for patient in &mut patients {
-            patient.time_bin = survival::assign_bin(patient.survival_months, &edges);
-        }
+        let labelled = columns.labels.is_some();
+        let edges = if labelled {
+            let time: Vec<f64> = patients.iter().map(|p| p.survival_months).collect();
+            let event: Vec<bool> = patients.iter().map(Patient::event).collect();
+            let edges =
+                survival::quartile_edges(&time, &event).map_err(|source| CohortError::Labels {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            for patient in &mut patients {
+                patient.time_bin = survival::assign_bin(patient.survival_months, &edges);
+            }
+            edges
+        } else {
+            [f64::NAN; N_BINS + 1]
+        };
         Ok(Self {
             path: path.to_owned(),
             patients,
             edges,
             n_slides,
+            labelled,
             index,
         })
     }

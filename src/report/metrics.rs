@@ -14,6 +14,9 @@
 //!   S_k = prod_{j<=k} (1 - h_j): the survival at t is S_{bin(t)}, the bin [e_k, e_{k+1}) of
 //!   the model's edges that contains t (times outside the edges take the first or last bin),
 //!   i.e. the probability of surviving through the bin that contains t.
+//! - `auc_survival`, `mean_auc_survival`: the same AUC of 1 − S(t), the predicted curve's
+//!   failure probability at each time (read as for the Brier score; SurvPath's estimate), a
+//!   score that may rank patients differently at different times.
 //! - Cox PH (Efron ties, lifelines' `CoxPHFitter()` defaults) of the high-risk group alone,
 //!   and adjusted for `report.cox_covariates`.
 //!
@@ -27,7 +30,8 @@ use super::sources::{BinEdges, Covariates};
 use crate::config::ReportConfig;
 use crate::survival::{
     self, bin_survival_at, brier_score, concordance_index, concordance_index_ipcw, cox_ph,
-    cumulative_dynamic_auc, integrated_brier_score, CensoringDistribution, StatsError, N_BINS,
+    cumulative_dynamic_auc, cumulative_dynamic_auc_by_time, integrated_brier_score,
+    CensoringDistribution, StatsError, N_BINS,
 };
 
 /// Percentiles of the event times that bound the integrated Brier score's grid.
@@ -252,8 +256,8 @@ pub fn compute(inputs: &Inputs, config: &ReportConfig) -> Metrics {
         (_, _, Err(e)) => Err(e.clone()),
         (Some(_), Ok(edges), Ok(g)) => Ok((&edges.edges, g)),
     };
-    let (brier, ibs): (Vec<Result<f64, String>>, Result<f64, String>) = match ready {
-        Err(why) => (vec![Err(why.clone()); times.len()], Err(why)),
+    let (brier, ibs): (Vec<Result<f64, String>>, Result<f64, String>) = match &ready {
+        Err(why) => (vec![Err(why.clone()); times.len()], Err(why.clone())),
         Ok((edges, g)) => {
             let brier = match &times_result {
                 Ok(times) => per_time(
@@ -278,6 +282,36 @@ pub fn compute(inputs: &Inputs, config: &ReportConfig) -> Metrics {
         rows.push(row("brier", None, Err(times_result.clone().unwrap_err())));
     }
     rows.push(row("ibs", None, ibs));
+
+    // The same AUC of a time-dependent score, 1 − S(t) of the predicted curve at each time
+    // (SurvPath's `estimate=1 - survival`), evaluated as the Brier score is.
+    let one_minus = |edges: &[f64; N_BINS + 1], at: &[f64]| -> Vec<Vec<f64>> {
+        survival_at(edges, at)
+            .into_iter()
+            .map(|s| s.into_iter().map(|v| 1.0 - v).collect())
+            .collect()
+    };
+    let (auc_survival, mean_auc_survival): (Vec<Result<f64, String>>, Result<f64, String>) =
+        match (&ready, &times_result) {
+            (Err(e), _) | (_, Err(e)) => (vec![Err(e.clone()); times.len()], Err(e.clone())),
+            (Ok((edges, g)), Ok(times)) => {
+                let joint =
+                    cumulative_dynamic_auc_by_time(g, time, event, &one_minus(edges, times), times);
+                let mean = joint
+                    .as_ref()
+                    .map(|a| a.mean_auc)
+                    .map_err(|e| e.to_string());
+                let values = per_time(times, joint.map(|a| a.auc), |t| {
+                    cumulative_dynamic_auc_by_time(g, time, event, &one_minus(edges, &[t]), &[t])
+                        .map(|a| a.auc[0])
+                });
+                (values, mean)
+            }
+        };
+    for (&t, value) in times.iter().zip(auc_survival) {
+        rows.push(row("auc_survival", Some(t), value));
+    }
+    rows.push(row("mean_auc_survival", None, mean_auc_survival));
 
     // Cox PH: the high-risk group alone, then adjusted.
     let high: Vec<f64> = inputs

@@ -477,11 +477,15 @@ fn render_markdown(
             a.split.n_high(),
             a.split.n_low()
         )),
-        _ => md.push_str(&format!(
-            "Split at the training cohort's cutoff (the predictions' `risk_group` column, \
+        (_, threshold) => md.push_str(&format!(
+            "Split at the training cohort's cutoff{} (the predictions' `risk_group` column, \
              frozen when the model was trained; not this cohort's own {}): {} high, {} low. \
              The Kaplan–Meier curves, the log-rank test and the Cox hazard ratios use this \
              split.\n\n",
+            threshold.map_or_else(String::new, |t| format!(
+                ", high risk iff risk ≥ {}",
+                markdown::format_number(t)
+            )),
             format!("{:?}", config.risk_split).to_lowercase(),
             a.split.n_high(),
             a.split.n_low()

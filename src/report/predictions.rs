@@ -17,6 +17,8 @@ pub const HAZARD_COLUMNS: [&str; N_BINS] = ["hazard_0", "hazard_1", "hazard_2", 
 
 /// `high` / `low` at the training cohort's frozen cutoff (predict writes it); optional.
 pub const RISK_GROUP_COLUMN: &str = "risk_group";
+/// `predict --run`'s frozen cutoff behind `risk_group` (one value on every row).
+pub const RISK_CUTOFF_COLUMN: &str = "risk_cutoff";
 
 /// One row per patient, predicted on the fold where it was held out.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,8 @@ pub struct Predictions {
     pub hazards: Option<Vec<[f64; N_BINS]>>,
     /// The `risk_group` column (true = `high`), when the table has it.
     pub risk_group: Option<Vec<bool>>,
+    /// The `risk_cutoff` column's one value, when the table has it with `risk_group`.
+    pub risk_cutoff: Option<f64>,
 }
 
 impl Predictions {
@@ -105,6 +109,15 @@ impl Predictions {
             integers(path, &df, "fold")?
         };
         let risk = floats(path, &df, "risk")?;
+        if all_blank(&df, "survival_months") && all_blank(&df, "event") {
+            return Err(invalid(
+                path,
+                "no survival labels (blank `survival_months` and `event`: `predict` scored a \
+                 cohort table without them); a report compares predictions with outcomes, so \
+                 add `survival_months` and `censorship` to the cohort table and predict again"
+                    .into(),
+            ));
+        }
         let time = floats(path, &df, "survival_months")?;
         let event = integers(path, &df, "event")?;
 
@@ -171,6 +184,26 @@ impl Predictions {
         } else {
             None
         };
+        let risk_cutoff = if has(RISK_CUTOFF_COLUMN) && !all_blank(&df, RISK_CUTOFF_COLUMN) {
+            let values = floats(path, &df, RISK_CUTOFF_COLUMN)?;
+            if risk_group.is_none() {
+                return Err(invalid(
+                    path,
+                    format!("has `{RISK_CUTOFF_COLUMN}` without `{RISK_GROUP_COLUMN}`"),
+                ));
+            }
+            if let Some(row) = values.iter().position(|v| *v != values[0]) {
+                return Err(at_row(
+                    path,
+                    row,
+                    RISK_CUTOFF_COLUMN,
+                    &format!("{} differs from the first row's {}", values[row], values[0]),
+                ));
+            }
+            values.first().copied()
+        } else {
+            None
+        };
         Ok(Self {
             path: path.to_owned(),
             case_id,
@@ -182,6 +215,7 @@ impl Predictions {
             single_cohort,
             hazards,
             risk_group,
+            risk_cutoff,
         })
     }
 }

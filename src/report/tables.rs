@@ -37,8 +37,8 @@ impl SplitSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Groups {
     pub high: Vec<bool>,
-    /// The risk threshold (high iff risk ≥ it); `None` for the training cutoff, which the
-    /// predictions carry as groups only.
+    /// The risk threshold (high iff risk ≥ it); for the training cutoff the predictions'
+    /// `risk_cutoff`, `None` when they carry the groups only.
     pub threshold: Option<f64>,
     pub source: SplitSource,
 }
@@ -58,7 +58,7 @@ pub fn groups(p: &Predictions, rule: RiskSplitRule) -> PolarsResult<Groups> {
     if let Some(high) = &p.risk_group {
         return Ok(Groups {
             high: high.clone(),
-            threshold: None,
+            threshold: p.risk_cutoff,
             source: SplitSource::TrainingCutoff,
         });
     }

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
 use crate::cache;
-use crate::cohort::Cohort;
+use crate::cohort::{Cohort, Labels};
 use crate::config::{Config, Modality};
 use crate::model::Inputs;
 
@@ -283,11 +283,18 @@ fn feature_width(path: &Path, dataset: &str) -> Result<i64, DataError> {
 
 impl Dataset {
     pub fn load(config: &Config) -> Result<Self, DataError> {
+        Self::load_with(config, Labels::Required)
+    }
+
+    /// [`Dataset::load`], the cohort's survival labels optional with [`Labels::Optional`]
+    /// (scoring a new cohort).
+    pub fn load_with(config: &Config, labels: Labels) -> Result<Self, DataError> {
         let cohort_path =
             config.paths.cohort.as_deref().ok_or_else(|| {
                 DataError::Config("configuration: `paths.cohort` is not set".into())
             })?;
-        let cohort = Cohort::read(cohort_path).map_err(|e| DataError::Config(e.to_string()))?;
+        let cohort =
+            Cohort::read_with(cohort_path, labels).map_err(|e| DataError::Config(e.to_string()))?;
         let modalities = &config.dataset.modalities;
         let cache_dir = config.cache_dir();
         let mut missing: Vec<Option<String>> = vec![None; cohort.len()];

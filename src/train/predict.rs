@@ -310,7 +310,7 @@ impl std::fmt::Display for EnsembleReport {
 
 impl crate::stage::Outcome for EnsembleReport {}
 
-const ENSEMBLE_HEADER: &str = "case_id,fold,risk,hazard_0,hazard_1,hazard_2,hazard_3,survival_months,event,epoch,selection,survival_0,survival_1,survival_2,survival_3,risk_sd,risk_group,models";
+const ENSEMBLE_HEADER: &str = "case_id,fold,risk,hazard_0,hazard_1,hazard_2,hazard_3,survival_months,event,epoch,selection,survival_0,survival_1,survival_2,survival_3,risk_sd,risk_group,models,risk_cutoff";
 
 /// Every usable patient's slide files must carry the training features' stamp and width.
 fn check_features(
@@ -371,7 +371,8 @@ pub fn run_deployed(
     let mut merged = config.clone();
     merged.model = trained.model.clone();
     merged.dataset.modalities = trained.dataset.modalities.clone();
-    let mut data = Dataset::load(&merged)?;
+    // A new cohort may come without survival labels: its predictions then leave them blank.
+    let mut data = Dataset::load_with(&merged, crate::cohort::Labels::Optional)?;
     let held_out = &trained.train.holdout;
     if holdout && held_out.is_empty() {
         return Err(FitError::Config(format!(
@@ -473,15 +474,21 @@ pub fn run_deployed(
         let high = risk >= cutoff;
         high_risk += usize::from(high);
         let patient = &data.cohort.patients[p];
+        let (time, event) = if data.cohort.labelled {
+            (
+                patient.survival_months.to_string(),
+                u8::from(patient.event()).to_string(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         rows.push(format!(
-            "{},0,{risk},{},{},{},{},{},{},,{},{},{},{},{},{sd},{},{}",
+            "{},0,{risk},{},{},{},{},{time},{event},,{},{},{},{},{},{sd},{},{},{cutoff}",
             patient.case_id,
             hazards[0],
             hazards[1],
             hazards[2],
             hazards[3],
-            patient.survival_months,
-            u8::from(patient.event()),
             ensemble.name(),
             mean[0],
             mean[1],

@@ -86,7 +86,7 @@ fn one_fold_model_on_its_validation_patients_equals_fits_predictions() {
     let (_, fit) = rows(&run.join("predictions.csv"));
     let (header, ours) = rows(&report.output);
     assert!(
-        header.ends_with("survival_3,risk_sd,risk_group,models"),
+        header.ends_with("survival_3,risk_sd,risk_group,models,risk_cutoff"),
         "{header}"
     );
     assert_eq!(ours.len(), 20);
@@ -106,6 +106,7 @@ fn one_fold_model_on_its_validation_patients_equals_fits_predictions() {
         assert_eq!(f[15], "0", "{case}: one model has no spread");
         let risk: f64 = f[2].parse().unwrap();
         assert_eq!(f[16], if risk >= cutoff { "high" } else { "low" });
+        assert_eq!(f[18].parse::<f64>().unwrap(), cutoff, "{case}: the cutoff");
     }
 }
 
@@ -182,6 +183,54 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     assert!(rows_folds
         .values()
         .any(|f| f[15].parse::<f64>().unwrap() > 0.0));
+    // The same patients without survival labels: the same scores, the label columns blank; a
+    // table with one label column and not the other is refused; a report has nothing to compare.
+    let unlabelled_table = new_dir.join("unlabelled.csv");
+    subset_table(
+        &table,
+        &unlabelled_table,
+        |_| true,
+        &["survival_months", "censorship"],
+    );
+    let unlabelled_config = |table: &Path, out: &str| {
+        let mut config = filled.clone();
+        config.paths.cohort = Some(table.to_owned());
+        (config, new_dir.join(out))
+    };
+    let (config, out) = unlabelled_config(&unlabelled_table, "unlabelled");
+    let scored =
+        train::predict::run_deployed(&config, &run, Ensemble::Folds, false, Some(&out)).unwrap();
+    let (_, rows_unlabelled) = rows(&scored.output);
+    assert_eq!(rows_unlabelled.len(), 30);
+    for (case, f) in &rows_unlabelled {
+        let want = &rows_folds[case];
+        assert_eq!(
+            (f[7].as_str(), f[8].as_str()),
+            ("", ""),
+            "{case}: no labels"
+        );
+        assert_ne!(want[7], "", "{case}: the labelled table's time");
+        assert_eq!(f[2], want[2], "{case}: the same risk");
+        assert_eq!(f[16], want[16], "{case}: the same group");
+    }
+    let unscored = hdmoe_pipe::report::predictions::Predictions::read(&scored.output)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unscored.contains("predictions.csv") && unscored.contains("no survival labels"),
+        "{unscored}"
+    );
+    let half_table = new_dir.join("half.csv");
+    subset_table(&table, &half_table, |_| true, &["censorship"]);
+    let (config, out) = unlabelled_config(&half_table, "half");
+    let half = train::predict::run_deployed(&config, &run, Ensemble::Folds, false, Some(&out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        half.contains("half.csv") && half.contains("`censorship`"),
+        "{half}"
+    );
+
     let final_model =
         train::predict::run_deployed(&filled, &run, Ensemble::Final, false, None).unwrap();
     assert_eq!(final_model.models, 1);
@@ -212,6 +261,22 @@ fn fold_ensemble_and_final_model_score_a_new_cohort_and_refuse_what_differs() {
     assert!(
         other.contains("trained on resnet50_trunc, this file uni_v1"),
         "{other}"
+    );
+    // Tiled at another magnification (the features stage copies the patches' target mpp).
+    edited["features"] = serde_json::json!({"target_mpp": "0.5", "patch_size": "256"});
+    std::fs::write(run.join("deploy.json"), edited.to_string()).unwrap();
+    let file = hdf5::File::open_rw(data.dir.join("cache/features/S000.h5")).unwrap();
+    hdmoe_pipe::cache::write_str_attr(&file, "target_mpp", "0.25").unwrap();
+    hdmoe_pipe::cache::write_str_attr(&file, "patch_size", "256").unwrap();
+    drop(file);
+    let magnification = train::predict::run_deployed(&filled, &run, Ensemble::Folds, false, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        magnification.contains("S000.h5")
+            && magnification.contains("target_mpp: trained on 0.5, this file 0.25")
+            && !magnification.contains("patch_size"),
+        "{magnification}"
     );
     // The refused runs left the earlier predictions as they were.
     assert_eq!(rows(&folds.output).1, rows_folds);

@@ -451,6 +451,24 @@ fn survival_metrics_reproduce_scikit_survival_and_lifelines() {
             value_or_error(&want["risk"], "mean_auc"),
             &format!("{name} mean AUC"),
         );
+        // The AUC of 1 − S(t), the predicted curves read at each time.
+        let auc = metric_rows(&h, &rows, "auc_survival", None);
+        assert_eq!(auc.len(), times.len(), "{name}");
+        let one_minus = &want["one_minus_survival"];
+        for (k, row) in auc.iter().enumerate() {
+            assert_close(num(&h, row, "time"), times[k], &format!("{name} AUC time"));
+            let value = match one_minus["error"].as_str() {
+                Some(e) => Err(e),
+                None => Ok(one_minus["auc"][k].as_f64().unwrap()),
+            };
+            check_value(&h, row, value, &format!("{name} AUC of 1 − S {k}"));
+        }
+        check_value(
+            &h,
+            &metric_rows(&h, &rows, "mean_auc_survival", None)[0],
+            value_or_error(one_minus, "mean_auc"),
+            &format!("{name} mean AUC of 1 − S"),
+        );
 
         let brier = metric_rows(&h, &rows, "brier", None);
         let want = floats(&t.json["brier_score"]["brier_scores"]);
@@ -682,6 +700,50 @@ fn risk_group_column_is_the_training_cutoff_split() {
         hdmoe_pipe::survival::concordance_index(&t.time, &t.event, &t.risk)
             .unwrap()
             .c_index
+    );
+
+    // With predict's `risk_cutoff` column: the same split, its value in logrank.csv and the text.
+    let with_cutoff = |name: &str, value: &dyn Fn(usize) -> f64| {
+        let text = std::fs::read_to_string(&external.predictions).unwrap();
+        let mut lines = text.lines();
+        let mut out = format!("{},risk_cutoff\n", lines.next().unwrap());
+        for (i, line) in lines.enumerate() {
+            out += &format!("{line},{}\n", value(i));
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, out).unwrap();
+        ReportArgs {
+            predictions: path,
+            out: dir.path().join(name.replace(".csv", "")),
+            ..external.clone()
+        }
+    };
+    let stated = with_cutoff("stated.csv", &|_| cutoff);
+    report::run(&stated, &ReportConfig::default()).unwrap();
+    let (stated_lr, stated_hr, _) = read(&stated.out);
+    assert_eq!(stated_lr.1.parse::<f64>().unwrap(), cutoff);
+    assert_eq!((stated_lr.2, stated_hr), (lr.2, hr));
+    let md = std::fs::read_to_string(stated.out.join("report.md")).unwrap();
+    assert!(
+        md.contains(&format!(
+            "Split at the training cohort's cutoff, high risk iff risk ≥ {}",
+            hdmoe_pipe::report::markdown::format_number(cutoff)
+        )),
+        "{md}"
+    );
+    let uneven = with_cutoff("uneven.csv", &|i| {
+        if i == 3 {
+            cutoff + 1.0
+        } else {
+            cutoff
+        }
+    });
+    let message = report::run(&uneven, &ReportConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("uneven.csv") && message.contains("risk_cutoff"),
+        "{message}"
     );
 
     // Without the column: the report's own median split, and other numbers.
