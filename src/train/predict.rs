@@ -421,8 +421,8 @@ pub fn run_deployed(
     let spec = model_spec(&merged, &data)?;
     let device = encode::parse_device(&merged.train.device)?;
     let architecture = merged.model.architecture.name();
-    // Per model, per patient: the model's risk (as fit reports it) and survival curve.
-    let mut curves: Vec<Vec<(f64, [f64; N_BINS])>> = Vec::new();
+    // Per model, per patient: the model's risk (as fit reports it), survival curve and hazards.
+    let mut curves: Vec<Vec<(f64, [f64; N_BINS], [f64; N_BINS])>> = Vec::new();
     for (k, m) in models.iter().enumerate() {
         let mut vs = nn::VarStore::new(device);
         let model = model::build(&vs.root(), spec.clone());
@@ -441,7 +441,7 @@ pub fn run_deployed(
         curves.push(
             preds
                 .iter()
-                .map(|p| (p.risk, survival_curve(&p.hazards)))
+                .map(|p| (p.risk, survival_curve(&p.hazards), p.hazards))
                 .collect(),
         );
     }
@@ -461,15 +461,18 @@ pub fn run_deployed(
         let risk = risks.iter().sum::<f64>() / n;
         let sd = (risks.iter().map(|r| (r - risk).powi(2)).sum::<f64>() / n).sqrt();
         // The hazards of the mean curve, so that cumprod(1 − h) gives it back.
-        let mut hazards = [0.0; N_BINS];
-        let mut before = 1.0;
-        for b in 0..N_BINS {
-            hazards[b] = if before > 0.0 {
-                1.0 - mean[b] / before
-            } else {
-                1.0
-            };
-            before = mean[b];
+        // One model: its own hazards, as fit wrote them.
+        let mut hazards = curves[0][i].2;
+        if curves.len() > 1 {
+            let mut before = 1.0;
+            for b in 0..N_BINS {
+                hazards[b] = if before > 0.0 {
+                    1.0 - mean[b] / before
+                } else {
+                    1.0
+                };
+                before = mean[b];
+            }
         }
         let high = risk >= cutoff;
         high_risk += usize::from(high);
