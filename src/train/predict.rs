@@ -422,7 +422,7 @@ pub fn run_deployed(
     let device = encode::parse_device(&merged.train.device)?;
     let architecture = merged.model.architecture.name();
     // Per model, per patient: the model's risk (as fit reports it), survival curve and hazards.
-    let mut curves: Vec<Vec<(f64, [f64; N_BINS], [f64; N_BINS])>> = Vec::new();
+    let mut curves: Vec<Vec<ModelRow>> = Vec::new();
     for (k, m) in models.iter().enumerate() {
         let mut vs = nn::VarStore::new(device);
         let model = model::build(&vs.root(), spec.clone());
@@ -523,6 +523,9 @@ pub fn run_deployed(
         output,
     })
 }
+
+/// One model's risk, survival curve and hazards for one patient.
+type ModelRow = (f64, [f64; N_BINS], [f64; N_BINS]);
 
 /// S_k = Π_{j ≤ k} (1 − h_j), in float64.
 fn survival_curve(hazards: &[f64; N_BINS]) -> [f64; N_BINS] {
