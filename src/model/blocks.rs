@@ -63,8 +63,9 @@ impl TransMil {
         let h = Tensor::cat(&[self.cls.to_kind(h.kind()), h], 1);
         let h = self.layer1.forward(&h, train);
         let h = self.ppeg.forward(&h, side);
-        let h = self.layer2.forward(&h, train);
-        h.apply(&self.norm).get(0).get(0)
+        // Only the cls token reaches the head: the second layer at position 0 alone.
+        let cls = self.layer2.forward_first(&h, train);
+        cls.apply(&self.norm).get(0).get(0)
     }
 }
 
@@ -89,8 +90,10 @@ impl TransG {
 
     fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
         let h = Tensor::cat(&[self.cls.to_kind(tokens.kind()), tokens.unsqueeze(0)], 1);
-        let h = self.layer2.forward(&self.layer1.forward(&h, train), train);
-        h.apply(&self.norm).get(0).get(0)
+        let cls = self
+            .layer2
+            .forward_first(&self.layer1.forward(&h, train), train);
+        cls.apply(&self.norm).get(0).get(0)
     }
 }
 

@@ -642,6 +642,7 @@ mod tests {
 
     #[test]
     fn kmeans_separates_two_blobs_and_empties_become_zero() {
+        let _generator = crate::torch_rng::lock();
         let opts = (Kind::Double, Device::Cpu);
         let x = Tensor::cat(
             &[

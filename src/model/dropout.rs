@@ -88,6 +88,21 @@ impl Mt19937 {
         }
     }
 
+    /// Advances the engine as `words` calls of `operator()` would, without tempering them.
+    fn skip(&mut self, mut words: usize) {
+        while words > 0 {
+            if self.left <= 1 {
+                self.twist();
+                self.left = N as i32 + 1;
+                self.next = 0;
+            }
+            let take = (self.left as usize - 1).min(words);
+            words -= take;
+            self.left -= take as i32;
+            self.next += take as u32;
+        }
+    }
+
     /// `bernoulli_(keep)` into `mask`: one `random64()` per element, high word drawn first.
     fn bernoulli<T: Copy>(&mut self, keep: f64, mask: &mut [T], one: T, zero: T) {
         const BLOCK: usize = 2048;
@@ -175,8 +190,23 @@ impl FastDropout for Tensor {
 
 /// `x.dropout(p, train)`, with the same mask, value and gradient as libtorch's.
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
-    if !train || p == 0.0 || x.numel() == 0 {
-        return x.shallow_clone();
+    dropout_within(x, p, train, 0, 0).unwrap_or_else(|| x.dropout(p, train))
+}
+
+/// The part of `y.dropout(p, train)` that falls on `x`, where `x` holds elements
+/// `before..before + x.numel()` of a contiguous `y` of `before + x.numel() + after` elements
+/// (e.g. one row of a matrix that is otherwise not needed): the same mask on `x`, and the
+/// generator left where dropping out all of `y` leaves it. `None` where the mask cannot be
+/// drawn here (see the module's notes): the caller then drops out `y` itself.
+pub fn dropout_within(
+    x: &Tensor,
+    p: f64,
+    train: bool,
+    before: usize,
+    after: usize,
+) -> Option<Tensor> {
+    if !train || p == 0.0 || x.numel() + before + after == 0 {
+        return Some(x.shallow_clone());
     }
     let fast = x.device() == Device::Cpu
         && matches!(x.kind(), Kind::Float | Kind::Double)
@@ -184,29 +214,32 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
         && p > 0.0
         && p < 1.0
         && !crate::kernels::reference();
-    let Some(g) = generator().filter(|_| fast) else {
-        return x.dropout(p, train);
-    };
+    let g = generator().filter(|_| fast)?;
     let noise = tch::no_grad(|| {
         let noise = Tensor::empty_like(x);
         let n = noise.numel();
         let keep = 1.0 - p;
         // Safety: `noise` is a fresh contiguous tensor of `n` elements of the matched type.
-        with_engine(g, |engine| match x.kind() {
-            Kind::Float => {
-                let mask =
-                    unsafe { std::slice::from_raw_parts_mut(noise.data_ptr() as *mut f32, n) };
-                engine.bernoulli(keep, mask, 1.0, 0.0)
+        with_engine(g, |engine| {
+            // Two 32-bit words per element.
+            engine.skip(2 * before);
+            match x.kind() {
+                Kind::Float => {
+                    let mask =
+                        unsafe { std::slice::from_raw_parts_mut(noise.data_ptr() as *mut f32, n) };
+                    engine.bernoulli(keep, mask, 1.0, 0.0)
+                }
+                _ => {
+                    let mask =
+                        unsafe { std::slice::from_raw_parts_mut(noise.data_ptr() as *mut f64, n) };
+                    engine.bernoulli(keep, mask, 1.0, 0.0)
+                }
             }
-            _ => {
-                let mask =
-                    unsafe { std::slice::from_raw_parts_mut(noise.data_ptr() as *mut f64, n) };
-                engine.bernoulli(keep, mask, 1.0, 0.0)
-            }
+            engine.skip(2 * after);
         });
         noise.g_div_scalar(keep)
     });
-    x * noise
+    Some(x * noise)
 }
 
 #[cfg(test)]
@@ -260,6 +293,33 @@ mod tests {
             // Not trivially equal: some dropped, some kept.
             let kept = ours.0.ne(0.0).sum(Kind::Int64).int64_value(&[]);
             assert!(numel < 10 || (kept > 0 && kept < numel));
+        }
+    }
+
+    /// One row of a matrix dropped out alone: that row of libtorch's mask of the whole, and
+    /// the generator where the whole's dropout leaves it (rows at the start, middle and end,
+    /// over several twists).
+    #[test]
+    fn a_part_gets_the_wholes_mask() {
+        let _generator = crate::torch_rng::lock();
+        let (rows, cols) = (700, 9);
+        let whole = Tensor::ones([rows, cols], (Kind::Float, Device::Cpu)) * 1.5;
+        for row in [0, 1, 350, rows - 1] {
+            tch::manual_seed(21);
+            let _ = Tensor::rand([5], (Kind::Float, Device::Cpu));
+            let theirs = whole.dropout(0.3, true).narrow(0, row, 1);
+            let theirs_after = draws_after();
+            tch::manual_seed(21);
+            let _ = Tensor::rand([5], (Kind::Float, Device::Cpu));
+            let part = whole.narrow(0, row, 1).contiguous();
+            let before = (row * cols) as usize;
+            let after = ((rows - row - 1) * cols) as usize;
+            let ours = dropout_within(&part, 0.3, true, before, after).expect("the fast path");
+            assert!(ours.equal(&theirs), "row {row}: mask differs");
+            assert!(
+                draws_after().equal(&theirs_after),
+                "row {row}: generator differs"
+            );
         }
     }
 

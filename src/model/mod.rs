@@ -365,6 +365,7 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_the_specification() {
+        let _generator = crate::torch_rng::lock();
         // MODEL_SPEC 9, released configuration (g = 256): BLCA 8,624,164 with the quirk's
         // groups (sum 3391), LUAD 8,652,836 (sum 3419).
         assert_eq!(
@@ -389,6 +390,7 @@ mod tests {
 
     #[test]
     fn summed_moe_outputs_run_at_every_token_length() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(2);
         for g in [64, 256] {
             let mut spec = spec(vec![5, 7], g);
@@ -408,6 +410,7 @@ mod tests {
 
     #[test]
     fn forward_shapes_for_every_token_length() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(0);
         for g in [32, 64, 128, 256] {
             let vs = nn::VarStore::new(tch::Device::Cpu);
@@ -426,6 +429,7 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(5);
         let opts = (Kind::Double, tch::Device::Cpu);
         let mut small = spec(vec![3, 2], 8);

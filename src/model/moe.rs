@@ -193,6 +193,7 @@ mod tests {
 
     #[test]
     fn recombination_is_the_specified_permutation() {
+        let _generator = crate::torch_rng::lock();
         // Four vectors of 256 as in RFR-1: element i of vector v lands at position
         // (i / c) · 4c + v · c + i % c for chunk length c = 256 / s.
         let vectors: Vec<Tensor> = (0..4)
@@ -223,6 +224,7 @@ mod tests {
 
     #[test]
     fn load_balance_by_hand() {
+        let _generator = crate::torch_rng::lock();
         // T = 2 tokens, E = 3, K = 1: token 0 → expert 0 (p = .5, .3, .2), token 1 → expert 2
         // (p = .1, .2, .7). f = 3/2 · [1, 0, 1]; P = [.3, .25, .45]; L = 1.5 · (.3 + .45) = 1.125.
         let p = Tensor::from_slice(&[0.5f32, 0.3, 0.2, 0.1, 0.2, 0.7]).view([2, 3]);
@@ -245,6 +247,7 @@ mod tests {
 
     #[test]
     fn top1_is_never_renormalised_so_the_router_stays_in_the_graph() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(4);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let moe = Moe::new(
@@ -287,6 +290,7 @@ mod tests {
 
     #[test]
     fn unchosen_experts_get_zero_gradients_under_step_and_none_under_freeze() {
+        let _generator = crate::torch_rng::lock();
         for unchosen in [UnchosenExperts::Step, UnchosenExperts::Freeze] {
             tch::manual_seed(5);
             let vs = nn::VarStore::new(tch::Device::Cpu);
@@ -318,6 +322,7 @@ mod tests {
 
     #[test]
     fn routed_output_is_the_raw_top1_probability_times_the_expert() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let moe = Moe::new(

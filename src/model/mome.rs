@@ -398,6 +398,7 @@ mod tests {
 
     #[test]
     fn fixed_draws_are_the_fixtures_uniform() {
+        let _generator = crate::torch_rng::lock();
         // make_reference.py's uniform("cls_multimodal", 3), as Python prints it.
         let u = Vec::<f64>::try_from(fixed_uniform("cls_multimodal", &[3])).unwrap();
         assert_eq!(
@@ -410,6 +411,7 @@ mod tests {
 
     #[test]
     fn every_expert_keeps_the_shapes() {
+        let _generator = crate::torch_rng::lock();
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let layer = MomeLayer::new(vs.root() / "MoME_patho1", "MoME_patho1");
         let opts = (Kind::Float, tch::Device::Cpu);

@@ -161,6 +161,7 @@ mod tests {
 
     #[test]
     fn parameters_are_mcats_without_the_coattention() {
+        let _generator = crate::torch_rng::lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let _m = model(&vs);
         let names: Vec<String> = vs.variables().into_keys().collect();
@@ -174,6 +175,7 @@ mod tests {
 
     #[test]
     fn forward_runs_one_patch_and_many_and_the_plan_has_no_gradient() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let m = model(&vs);

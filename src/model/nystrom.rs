@@ -110,6 +110,84 @@ impl NystromAttention {
     }
 }
 
+impl NystromAttention {
+    /// `forward(x, train)` at the first position only, [B, 1, dim], for a layer whose other
+    /// outputs nobody reads (TransMIL's and Transformer_G's second layer feed only the cls
+    /// token to the head). The keys and values are still needed at every position, but q only
+    /// at the landmarks and at that position: `to_qkv` has no bias, so the landmark means of q
+    /// are the projections of the landmark means of x (the same values, summed in another
+    /// order); attn1, the value convolution, `to_out` and its dropout are computed for one
+    /// row, and the dropout draws the generator as dropping out every row would (so every later
+    /// draw is the reference's). Falls back to `forward` where that mask cannot be drawn alone,
+    /// under the reference kernels, and for fewer tokens than landmarks.
+    pub fn forward_first(&self, x: &Tensor, train: bool) -> Tensor {
+        let (b, n, dim) = x.size3().expect("attention input is [B, n, dim]");
+        let m = self.landmarks;
+        let l = (n + m - 1) / m;
+        let padded = l * m;
+        let whole = || self.forward(x, train).narrow(1, 0, 1);
+        // In training the row's dropout mask is drawn here only on the CPU (CUDA's generator
+        // is not an engine this code runs).
+        let mask_here = x.device() == tch::Device::Cpu
+            && matches!(x.kind(), tch::Kind::Float | tch::Kind::Double)
+            && crate::model::dropout::exact_masks_available();
+        if crate::kernels::reference() || (l == 1 && padded > n) || b != 1 || (train && !mask_here)
+        {
+            return whole();
+        }
+        let x = if padded > n {
+            Tensor::cat(
+                &[
+                    Tensor::zeros([b, padded - n, dim], (x.kind(), x.device())),
+                    x.shallow_clone(),
+                ],
+                1,
+            )
+        } else {
+            x.shallow_clone()
+        };
+        let first = padded - n;
+        let heads =
+            |t: Tensor, rows: i64| t.view([b, rows, self.heads, self.dim_head]).transpose(1, 2);
+        let w = &self.to_qkv.ws;
+        let (w_q, w_kv) = (w.narrow(0, 0, dim), w.narrow(0, dim, 2 * dim));
+        let kv = x.matmul(&w_kv.tr()).chunk(2, -1);
+        let k = heads(kv[0].shallow_clone(), padded);
+        let v = heads(kv[1].shallow_clone(), padded);
+        let scale = (self.dim_head as f64).powf(-0.5);
+        let x_l = x.view([b, m, l, dim]).sum_dim_intlist(2, false, x.kind()) / l as f64;
+        let q_l = heads(x_l.matmul(&w_q.tr()), m) * scale;
+        let q_first = heads(x.narrow(1, first, 1).matmul(&w_q.tr()), 1) * scale;
+        let k_l = k
+            .view([b, self.heads, m, l, self.dim_head])
+            .sum_dim_intlist(3, false, k.kind())
+            / l as f64;
+        let attn1 = q_first.matmul(&k_l.transpose(-1, -2)).softmax(-1, x.kind());
+        let attn2 = q_l.matmul(&k_l.transpose(-1, -2)).softmax(-1, x.kind());
+        let attn3 = q_l.matmul(&k.transpose(-1, -2)).softmax(-1, x.kind());
+        let attn2_inv = iterative_pinv(&attn2, self.pinv_iterations);
+        let mixed = attn1.matmul(&attn2_inv.matmul(&attn3.matmul(&v)));
+        // The 33-tap convolution at that row reads the rows within 16 of it (zeros beyond the
+        // ends, as the full convolution's padding).
+        let half = 16;
+        let lo = (first - half).max(0);
+        let hi = (first + half + 1).min(padded);
+        let conv = v
+            .narrow(2, lo, hi - lo)
+            .apply(&self.res_conv)
+            .narrow(2, first - lo, 1);
+        let out = (mixed + conv).transpose(1, 2).reshape([b, 1, dim]);
+        let out = out.apply(&self.to_out);
+        let row = dim as usize;
+        let before = first as usize * row;
+        let after = (padded - first - 1) as usize * row;
+        match crate::model::dropout::dropout_within(&out, self.dropout, train, before, after) {
+            Some(out) => out,
+            None => whole(),
+        }
+    }
+}
+
 /// attn1 · pinv(attn2) · (attn3 · v) for q, k, v [B, H, l·m, dh], landmarks the means of l
 /// consecutive tokens (padding included, divisor l).
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, m: i64, iterations: usize) -> Tensor {
@@ -220,6 +298,11 @@ impl TransLayer {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         x + self.attn.forward(&x.apply(&self.norm), train)
     }
+
+    /// `forward(x, train)` at the first position only, [B, 1, dim].
+    pub fn forward_first(&self, x: &Tensor, train: bool) -> Tensor {
+        x.narrow(1, 0, 1) + self.attn.forward_first(&x.apply(&self.norm), train)
+    }
 }
 
 /// PPEG: x + DWConv7(x) + DWConv5(x) + DWConv3(x) on the square token map; cls untouched.
@@ -315,6 +398,7 @@ mod tests {
 
     #[test]
     fn iterative_pinv_approaches_the_exact_pseudo_inverse() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(0);
         // Row-stochastic matrices like attention maps (softmax rows), in float64.
         let x =
@@ -341,6 +425,7 @@ mod tests {
     /// counts from 1 to m − 1 (and the pseudo-inverse's whole-batch scale over two heads).
     #[test]
     fn few_tokens_in_block_form_equal_the_dense_attention() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(2);
         let opts = (Kind::Double, tch::Device::Cpu);
         let (m, dh) = (16, 4);
@@ -382,6 +467,7 @@ mod tests {
     /// value, and the gradients of the input and of all six kernel and bias tensors.
     #[test]
     fn merged_ppeg_equals_the_three_convolutions() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(5);
         let mut vs = nn::VarStore::new(tch::Device::Cpu);
         let ppeg = Ppeg::new(vs.root() / "ppeg", 6);
@@ -412,8 +498,53 @@ mod tests {
         }
     }
 
+    /// The first position alone equals the whole layer's first row in float64: value, the
+    /// gradients of the input and of every parameter, in training (the same dropout mask, the
+    /// generator left in the same place) and in evaluation, for bags padded and not.
+    #[test]
+    fn first_position_alone_equals_the_whole_layers_first_row() {
+        let _generator = crate::torch_rng::lock();
+        tch::manual_seed(3);
+        let mut vs = nn::VarStore::new(tch::Device::Cpu);
+        let layer = TransLayer::new(vs.root() / "layer", 16, 2, 8);
+        vs.double();
+        let params = vs.trainable_variables();
+        let opts = (Kind::Double, tch::Device::Cpu);
+        for (n, train) in [(8, true), (9, true), (30, false), (100, true), (61, false)] {
+            let x = Tensor::randn([1, n, 16], opts).set_requires_grad(true);
+            let probe = Tensor::randn([1, 1, 16], opts);
+            let run = |first: bool| {
+                tch::manual_seed(40 + n);
+                let y = if first {
+                    layer.forward_first(&x, train)
+                } else {
+                    layer.forward(&x, train).narrow(1, 0, 1)
+                };
+                let after = Tensor::rand([4], opts);
+                let inputs: Vec<&Tensor> = std::iter::once(&x).chain(params.iter()).collect();
+                let grads =
+                    Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &inputs, false, false);
+                (y, grads, after)
+            };
+            let (want, want_grads, want_after) = run(false);
+            let (got, got_grads, got_after) = run(true);
+            assert_eq!(got.size(), vec![1, 1, 16]);
+            let error = (&got - &want).abs().max().double_value(&[]);
+            assert!(error < 1e-12, "n = {n}: value error {error}");
+            assert!(got_after.equal(&want_after), "n = {n}: generator differs");
+            for (g, w) in got_grads.iter().zip(&want_grads) {
+                let error = (g - w).abs().max().double_value(&[]);
+                let scale = w.abs().max().double_value(&[]).max(1.0);
+                assert!(error < 1e-11 * scale, "n = {n}: gradient error {error}");
+            }
+            // Some gradient reached the query weights through the landmarks.
+            assert!(got_grads[1].abs().max().double_value(&[]) > 0.0);
+        }
+    }
+
     #[test]
     fn attention_keeps_length_and_pads_at_the_front() {
+        let _generator = crate::torch_rng::lock();
         tch::manual_seed(1);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let attn = NystromAttention::new(vs.root(), 16, 2, 8);

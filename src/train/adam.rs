@@ -287,6 +287,7 @@ mod tests {
 
     #[test]
     fn matches_torch_adam_by_hand() {
+        let _generator = crate::torch_rng::lock();
         // One parameter p = 1, gradient 0.5, lr 0.1, wd 0.01: g = 0.51; m = 0.051; v = 0.00026010;
         // m̂ = 0.51, v̂ = 0.2601, step = 0.1 · 0.51 / (0.51 + 1e-8).
         let p = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
@@ -304,6 +305,7 @@ mod tests {
     /// chunk, a strided gradient, a skipped parameter and both float types.
     #[test]
     fn the_fused_pass_equals_the_tensor_form() {
+        let _generator = crate::torch_rng::lock();
         for kind in [Kind::Float, Kind::Double] {
             tch::manual_seed(9);
             let opts = (kind, Device::Cpu);
