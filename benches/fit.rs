@@ -414,7 +414,7 @@ fn time_pytorch(python: &str, device: &str, timings: &mut Timings) -> Result<Str
 }
 
 fn main() {
-    hdmoe_pipe::memory::keep_freed_memory();
+    hdmoe_pipe::memory::keep_large_blocks();
     tch::manual_seed(0);
     let spec = std::env::var("HDMOE_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
     let device = hdmoe_pipe::encode::parse_device(&spec).expect("HDMOE_BENCH_DEVICE");

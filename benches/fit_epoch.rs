@@ -69,7 +69,7 @@ fn fold_0_epoch(shared: &Path, study: &str, scratch: &Path, runs: &Path) -> Vec<
 }
 
 fn main() {
-    hdmoe_pipe::memory::keep_freed_memory();
+    hdmoe_pipe::memory::keep_large_blocks();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shared = root.join("../shared/data/tcga");
     let rounds: usize = std::env::var("HDMOE_BENCH_ROUNDS")

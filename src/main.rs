@@ -331,10 +331,12 @@ fn run(cli: Cli) -> Result<ExitStatus> {
             stage::finish(&mri::run(&config, &args.options())?)
         }
         Command::Fit(args) => {
+            hdmoe_pipe::memory::keep_large_blocks();
             let config = args.config.load()?;
             stage::finish(&train::run(&config, args.force)?)
         }
         Command::Compare(args) => {
+            hdmoe_pipe::memory::keep_large_blocks();
             let studies = args
                 .configs
                 .iter()
