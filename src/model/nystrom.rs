@@ -97,12 +97,34 @@ impl NystromAttention {
         let q = heads(qkv[0].shallow_clone()) * (self.dim_head as f64).powf(-0.5);
         let k = heads(qkv[1].shallow_clone());
         let v = heads(qkv[2].shallow_clone());
-        let mixed = if l == 1 && padded > n && !crate::kernels::reference() {
+        let few = l == 1 && padded > n && !crate::kernels::reference();
+        if few && (!train || self.masks_here(&x)) {
+            // Fewer tokens than landmarks: only the real rows are kept, and v is zero on the
+            // padded ones, so the value convolution is needed at the n real rows alone, from
+            // those rows (a small Toeplitz product, not a oneDNN convolution over m rows).
+            let mixed =
+                few_tokens::attend(&q, &k, &v, n, self.pinv_iterations).narrow(2, padded - n, n);
+            let conv = self.conv_rows(&v.narrow(2, padded - n, n), 0, n);
+            let out = (mixed + conv).transpose(1, 2).reshape([b, n, dim]);
+            let out = out.apply(&self.to_out);
+            let before = (padded - n) as usize * dim as usize;
+            if let Some(out) =
+                crate::model::dropout::dropout_within(&out, self.dropout, train, before, 0)
+            {
+                return out;
+            }
+        }
+        let mixed = if few {
             few_tokens::attend(&q, &k, &v, n, self.pinv_iterations)
         } else {
             attend(&q, &k, &v, m, self.pinv_iterations)
         };
-        let out = mixed + v.apply(&self.res_conv);
+        let conv = if crate::kernels::reference() {
+            v.apply(&self.res_conv)
+        } else {
+            self.conv_banded(&v)
+        };
+        let out = mixed + conv;
         let out = out.transpose(1, 2).reshape([b, padded, dim]);
         // On every padded position too, so dropout draws the same mask as the reference.
         let out = out.apply(&self.to_out).fast_dropout(self.dropout, train);
@@ -126,12 +148,10 @@ impl NystromAttention {
         let l = (n + m - 1) / m;
         let padded = l * m;
         let whole = || self.forward(x, train).narrow(1, 0, 1);
-        // In training the row's dropout mask is drawn here only on the CPU (CUDA's generator
-        // is not an engine this code runs).
-        let mask_here = x.device() == tch::Device::Cpu
-            && matches!(x.kind(), tch::Kind::Float | tch::Kind::Double)
-            && crate::model::dropout::exact_masks_available();
-        if crate::kernels::reference() || (l == 1 && padded > n) || b != 1 || (train && !mask_here)
+        if crate::kernels::reference()
+            || (l == 1 && padded > n)
+            || b != 1
+            || (train && !self.masks_here(x))
         {
             return whole();
         }
@@ -169,13 +189,10 @@ impl NystromAttention {
         let mixed = attn1.matmul(&attn2_inv.matmul(&attn3.matmul(&v)));
         // The 33-tap convolution at that row reads the rows within 16 of it (zeros beyond the
         // ends, as the full convolution's padding).
-        let half = 16;
+        let half = self.res_conv.ws.size()[2] / 2;
         let lo = (first - half).max(0);
         let hi = (first + half + 1).min(padded);
-        let conv = v
-            .narrow(2, lo, hi - lo)
-            .apply(&self.res_conv)
-            .narrow(2, first - lo, 1);
+        let conv = self.conv_rows(&v.narrow(2, lo, hi - lo), first - lo, first - lo + 1);
         let out = (mixed + conv).transpose(1, 2).reshape([b, 1, dim]);
         let out = out.apply(&self.to_out);
         let row = dim as usize;
@@ -185,6 +202,110 @@ impl NystromAttention {
             Some(out) => out,
             None => whole(),
         }
+    }
+}
+
+impl NystromAttention {
+    /// Whether the dropout mask of part of the output can be drawn alone (in training, only on
+    /// the CPU: CUDA's generator is not an engine this code runs).
+    fn masks_here(&self, x: &Tensor) -> bool {
+        x.device() == tch::Device::Cpu
+            && matches!(x.kind(), tch::Kind::Float | tch::Kind::Double)
+            && crate::model::dropout::exact_masks_available()
+    }
+
+    /// The whole value convolution of `v` [B, H, T, dh] as block-banded matrix products: in
+    /// blocks of `BLOCK` rows, block i of the output is one [BLOCK, 3·BLOCK] Toeplitz matrix per
+    /// head (the same for every block) times the rows of blocks i − 1, i and i + 1. About twice
+    /// the convolution's multiply-adds, at matmul speed: oneDNN's depthwise 33 x 1 convolution
+    /// (its weight gradient above all) ran at a few GFLOP/s.
+    fn conv_banded(&self, v: &Tensor) -> Tensor {
+        const BLOCK: i64 = 16;
+        let size = v.size();
+        let (b, heads, rows, dh) = (size[0], size[1], size[2], size[3]);
+        let taps = self.res_conv.ws.size()[2];
+        if taps / 2 > BLOCK || b != 1 {
+            return v.apply(&self.res_conv);
+        }
+        let blocks = (rows + BLOCK - 1) / BLOCK;
+        // One zero block before, the tail and one zero block after.
+        let padded = v
+            .get(0)
+            .constant_pad_nd([0, 0, BLOCK, BLOCK + blocks * BLOCK - rows])
+            .view([heads, blocks + 2, BLOCK, dh]);
+        // [H, 3·BLOCK, blocks·dh]: for each block its three neighbourhoods' rows, stacked.
+        let stacked = Tensor::cat(
+            &(0..3)
+                .map(|s| padded.narrow(1, s, blocks).transpose(1, 2))
+                .collect::<Vec<_>>(),
+            1,
+        )
+        .view([heads, 3 * BLOCK, blocks * dh]);
+        // Output row r of a block reads stacked row j (block start − BLOCK + j) with tap
+        // j − r − BLOCK + taps/2.
+        let index: Vec<i64> = (0..BLOCK)
+            .flat_map(|r| {
+                (0..3 * BLOCK).map(move |j| {
+                    let k = j - r - BLOCK + taps / 2;
+                    if (0..taps).contains(&k) {
+                        k
+                    } else {
+                        taps
+                    }
+                })
+            })
+            .collect();
+        let toeplitz = self.toeplitz(&index, v).view([heads, BLOCK, 3 * BLOCK]);
+        toeplitz
+            .matmul(&stacked)
+            .view([heads, BLOCK, blocks, dh])
+            .transpose(1, 2)
+            .reshape([1, heads, blocks * BLOCK, dh])
+            .narrow(2, 0, rows)
+    }
+
+    /// The kernel's taps at `index` per head ([H, index.len()]), `taps` reading a zero.
+    fn toeplitz(&self, index: &[i64], like: &Tensor) -> Tensor {
+        let w = &self.res_conv.ws; // [H, 1, K, 1]
+        let size = w.size();
+        let (heads, taps) = (size[0], size[2]);
+        let kernel = Tensor::cat(
+            &[
+                w.view([heads, taps]),
+                Tensor::zeros([heads, 1], (w.kind(), w.device())),
+            ],
+            1,
+        );
+        kernel
+            .index_select(1, &Tensor::from_slice(index).to_device(w.device()))
+            .to_kind(like.kind())
+    }
+
+    /// The value convolution (`res_conv`: per head, 33 taps along the tokens, zero padding) of
+    /// `v` [B, H, T, dh] at rows `start..end` only, as a Toeplitz matrix product: row i of the
+    /// output is Σ_j w[h, j − i + 16] v[j] over the rows j of `v` within 16 of i. For a few rows
+    /// this is a handful of small ops where oneDNN's convolution costs ~0.5 ms forward and
+    /// backward however few the rows.
+    fn conv_rows(&self, v: &Tensor, start: i64, end: i64) -> Tensor {
+        let size = self.res_conv.ws.size();
+        let (heads, taps) = (size[0], size[2]);
+        let rows = v.size()[2];
+        // Tap index per (output row, input row), `taps` (a zero appended to the kernel) where
+        // the input row is out of reach.
+        let index: Vec<i64> = (start..end)
+            .flat_map(|i| {
+                (0..rows).map(move |j| {
+                    let k = j - i + taps / 2;
+                    if (0..taps).contains(&k) {
+                        k
+                    } else {
+                        taps
+                    }
+                })
+            })
+            .collect();
+        let toeplitz = self.toeplitz(&index, v).view([1, heads, end - start, rows]);
+        toeplitz.matmul(v)
     }
 }
 
@@ -498,11 +619,13 @@ mod tests {
         }
     }
 
-    /// The first position alone equals the whole layer's first row in float64: value, the
-    /// gradients of the input and of every parameter, in training (the same dropout mask, the
-    /// generator left in the same place) and in evaluation, for bags padded and not.
+    /// The first position alone (`forward_first`) and the whole layer (`forward`, with the
+    /// few-token path and the value convolution at a few rows) equal the reference kernels'
+    /// dense layer in float64: values, the gradients of the input and of every parameter, in
+    /// training (the same dropout masks, the generator left in the same place) and in
+    /// evaluation, for bags padded and not, with fewer tokens than landmarks and more.
     #[test]
-    fn first_position_alone_equals_the_whole_layers_first_row() {
+    fn first_position_and_few_tokens_equal_the_reference_layer() {
         let _generator = crate::torch_rng::lock();
         tch::manual_seed(3);
         let mut vs = nn::VarStore::new(tch::Device::Cpu);
@@ -510,35 +633,71 @@ mod tests {
         vs.double();
         let params = vs.trainable_variables();
         let opts = (Kind::Double, tch::Device::Cpu);
-        for (n, train) in [(8, true), (9, true), (30, false), (100, true), (61, false)] {
+        for (n, train) in [
+            (8, true),
+            (9, true),
+            (30, false),
+            (100, true),
+            (61, false),
+            (1, true),
+            (3, true),
+            (7, false),
+        ] {
             let x = Tensor::randn([1, n, 16], opts).set_requires_grad(true);
-            let probe = Tensor::randn([1, 1, 16], opts);
-            let run = |first: bool| {
+            let probe = Tensor::randn([1, n, 16], opts);
+            // 0: ours at the first position; 1: ours whole; 2: the reference kernels' whole.
+            let run = |way: usize| {
                 tch::manual_seed(40 + n);
-                let y = if first {
-                    layer.forward_first(&x, train)
-                } else {
-                    layer.forward(&x, train).narrow(1, 0, 1)
+                let y = match way {
+                    0 => layer.forward_first(&x, train),
+                    1 => layer.forward(&x, train),
+                    _ => crate::kernels::with_reference(|| layer.forward(&x, train)),
                 };
                 let after = Tensor::rand([4], opts);
+                let p = probe.narrow(1, 0, y.size()[1]);
                 let inputs: Vec<&Tensor> = std::iter::once(&x).chain(params.iter()).collect();
                 let grads =
-                    Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &inputs, false, false);
+                    Tensor::run_backward(&[(&y * &p).sum(Kind::Double)], &inputs, false, false);
                 (y, grads, after)
             };
-            let (want, want_grads, want_after) = run(false);
-            let (got, got_grads, got_after) = run(true);
-            assert_eq!(got.size(), vec![1, 1, 16]);
-            let error = (&got - &want).abs().max().double_value(&[]);
-            assert!(error < 1e-12, "n = {n}: value error {error}");
-            assert!(got_after.equal(&want_after), "n = {n}: generator differs");
-            for (g, w) in got_grads.iter().zip(&want_grads) {
-                let error = (g - w).abs().max().double_value(&[]);
-                let scale = w.abs().max().double_value(&[]).max(1.0);
-                assert!(error < 1e-11 * scale, "n = {n}: gradient error {error}");
+            let (want, want_grads, want_after) = run(2);
+            let (first, first_grads, first_after) = run(0);
+            let (whole, whole_grads, whole_after) = run(1);
+            assert_eq!(first.size(), vec![1, 1, 16]);
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let error = (a - b).abs().max().double_value(&[]);
+                let scale = b.abs().max().double_value(&[]).max(1.0);
+                assert!(error < 1e-11 * scale, "n = {n}: {what} error {error}");
+            };
+            close(&whole, &want, "whole layer's value");
+            close(&first, &want.narrow(1, 0, 1), "first position's value");
+            assert!(
+                whole_after.equal(&want_after),
+                "n = {n}: generator differs (whole)"
+            );
+            assert!(
+                first_after.equal(&want_after),
+                "n = {n}: generator differs (first)"
+            );
+            for (g, w) in whole_grads.iter().zip(&want_grads) {
+                close(g, w, "whole layer's gradient");
+            }
+            // The first position's gradients against the reference's through that row alone.
+            let (_, want_first_grads, _) = {
+                tch::manual_seed(40 + n);
+                let y = crate::kernels::with_reference(|| layer.forward(&x, train)).narrow(1, 0, 1);
+                let after = Tensor::rand([4], opts);
+                let inputs: Vec<&Tensor> = std::iter::once(&x).chain(params.iter()).collect();
+                let p = probe.narrow(1, 0, 1);
+                let grads =
+                    Tensor::run_backward(&[(&y * &p).sum(Kind::Double)], &inputs, false, false);
+                (y, grads, after)
+            };
+            for (g, w) in first_grads.iter().zip(&want_first_grads) {
+                close(g, w, "first position's gradient");
             }
             // Some gradient reached the query weights through the landmarks.
-            assert!(got_grads[1].abs().max().double_value(&[]) > 0.0);
+            assert!(first_grads[1].abs().max().double_value(&[]) > 0.0);
         }
     }
 
