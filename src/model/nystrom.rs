@@ -128,10 +128,11 @@ impl NystromAttention {
         let k = heads(qkv[1].shallow_clone());
         let v = heads(qkv[2].shallow_clone());
         let few = l == 1 && padded > n && !crate::kernels::reference();
-        if few && (!train || self.masks_here(&x)) {
+        if few && b == 1 && (!train || self.masks_here(&x)) {
             // Fewer tokens than landmarks: only the real rows are kept, and v is zero on the
             // padded ones, so the value convolution is needed at the n real rows alone, from
-            // those rows (a small Toeplitz product, not a oneDNN convolution over m rows).
+            // those rows (a small Toeplitz product, not a oneDNN convolution over m rows). One
+            // bag: the real rows are then the tail of the dropout's [1, m, dim].
             let mixed =
                 few_tokens::attend(&q, &k, &v, n, self.pinv_iterations).narrow(2, padded - n, n);
             let conv = self.conv_rows(&v.narrow(2, padded - n, n), 0, n);
