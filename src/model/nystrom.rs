@@ -107,18 +107,7 @@ impl NystromAttention {
         let m = self.landmarks;
         let l = (n + m - 1) / m; // tokens per landmark (ceil)
         let padded = l * m;
-        let x = if padded > n {
-            // Zeros at the front, as the reference pads.
-            Tensor::cat(
-                &[
-                    Tensor::zeros([b, padded - n, dim], (x.kind(), x.device())),
-                    x.shallow_clone(),
-                ],
-                1,
-            )
-        } else {
-            x.shallow_clone()
-        };
+        let x = pad_front(x, padded);
         let heads = |t: Tensor| {
             t.view([b, padded, self.heads, self.dim_head])
                 .transpose(1, 2)
@@ -186,17 +175,7 @@ impl NystromAttention {
         {
             return whole();
         }
-        let x = if padded > n {
-            Tensor::cat(
-                &[
-                    Tensor::zeros([b, padded - n, dim], (x.kind(), x.device())),
-                    x.shallow_clone(),
-                ],
-                1,
-            )
-        } else {
-            x.shallow_clone()
-        };
+        let x = pad_front(x, padded);
         let first = padded - n;
         let heads =
             |t: Tensor, rows: i64| t.view([b, rows, self.heads, self.dim_head]).transpose(1, 2);
@@ -336,6 +315,22 @@ impl NystromAttention {
             .collect();
         let toeplitz = self.toeplitz(&index, v).view([1, heads, end - start, rows]);
         toeplitz.matmul(v)
+    }
+}
+
+/// x [B, n, dim] with zero rows at the front up to `padded` rows, as the reference pads.
+fn pad_front(x: &Tensor, padded: i64) -> Tensor {
+    let (b, n, dim) = x.size3().expect("attention input is [B, n, dim]");
+    if padded > n {
+        Tensor::cat(
+            &[
+                Tensor::zeros([b, padded - n, dim], (x.kind(), x.device())),
+                x.shallow_clone(),
+            ],
+            1,
+        )
+    } else {
+        x.shallow_clone()
     }
 }
 
