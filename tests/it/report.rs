@@ -293,6 +293,18 @@ fn metrics_predictions(
     path
 }
 
+/// A run folder `dir/run` whose deploy.json holds only the model's time-bin edges.
+fn run_with_edges(dir: &Path, edges: &[f64]) -> PathBuf {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("deploy.json"),
+        format!("{{\"time_bin_edges\": {edges:?}}}"),
+    )
+    .unwrap();
+    run
+}
+
 /// An MCAT-style cohort table of the same patients with the covariate columns, and a run
 /// folder whose config.yaml names it (as fit writes it).
 fn run_with_cohort(t: &MetricsTable, dir: &Path, covariates: &[String]) -> PathBuf {
@@ -538,14 +550,7 @@ fn survival_metrics_reproduce_scikit_survival_and_lifelines() {
 fn metric_times_from_the_config_and_undefined_rows_say_why() {
     let t = metrics_table("lung");
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let edges = floats(&t.json["curves"]["bin_edges"]);
-    std::fs::write(
-        run.join("deploy.json"),
-        format!("{{\"time_bin_edges\": {edges:?}}}"),
-    )
-    .unwrap();
+    let run = run_with_edges(dir.path(), &floats(&t.json["curves"]["bin_edges"]));
     let args = ReportArgs {
         predictions: metrics_predictions(&t, dir.path(), true, None),
         out: dir.path().join("report"),
@@ -619,14 +624,7 @@ fn risk_group_column_is_the_training_cutoff_split() {
     // A frozen cutoff of another cohort: here the 30th percentile of these risks.
     let cutoff = hdmoe_pipe::survival::quantile(&t.risk, 0.3).unwrap();
     let high: Vec<bool> = t.risk.iter().map(|&r| r >= cutoff).collect();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let edges = floats(&t.json["curves"]["bin_edges"]);
-    std::fs::write(
-        run.join("deploy.json"),
-        format!("{{\"time_bin_edges\": {edges:?}, \"risk_cutoff\": {cutoff}}}"),
-    )
-    .unwrap();
+    let run = run_with_edges(dir.path(), &floats(&t.json["curves"]["bin_edges"]));
     // An external cohort as predict writes it: no folds.
     let external = ReportArgs {
         predictions: metrics_predictions(&t, dir.path(), false, Some(&high)),
@@ -767,14 +765,8 @@ fn risk_group_column_is_the_training_cutoff_split() {
 #[test]
 fn calibration_rows_by_hand() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
     // Bins [0, 2), [2, 4), [4, 6), [6, 100): e_4 = 100 is beyond the follow-up (9).
-    std::fs::write(
-        run.join("deploy.json"),
-        r#"{"time_bin_edges": [0, 2, 4, 6, 100]}"#,
-    )
-    .unwrap();
+    let run = run_with_edges(dir.path(), &[0.0, 2.0, 4.0, 6.0, 100.0]);
     // Risks 1..10 → quintiles of two patients each (cuts 2.8, 4.6, 6.4, 8.2).
     // (case, risk, time, event, hazards)
     let patients: [(&str, f64, f64, u8, [f64; 4]); 10] = [
